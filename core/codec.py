@@ -1,0 +1,124 @@
+"""The event codec: events <-> (type, schema version, orjson payload).
+
+Encoding is separate from storage (the eventsourcing library's mapper/recorder
+split): the log stores what this module produces and gives back what it
+accepts. Decoding an older schema goes through registered upcasters, one
+version step at a time; a newer schema than this code knows, an unknown type,
+a payload that is not a JSON object, or one that fails validation raises
+`DecodeError` naming the seq when the caller knows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import orjson
+
+from .events import EVENT_TYPES, Event
+from .values import InvalidValue
+
+Payload = dict[str, Any]
+Upcaster = Callable[[Payload], Payload]
+
+
+class DecodeError(ValueError):
+    """A stored event cannot be turned back into an event."""
+
+    def __init__(self, problem: str, seq: int | None = None) -> None:
+        self.problem = problem
+        self.seq = seq
+        where = f"event seq {seq}: " if seq is not None else ""
+        super().__init__(where + problem)
+
+
+@attrs.frozen
+class EncodedEvent:
+    """An event as the log stores it."""
+
+    type: str
+    schema_version: int
+    at: int
+    payload: bytes
+
+
+#: (type, from_version) -> function turning a payload of that version into the next.
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def register_upcaster(type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register how to turn a `type_name` payload of `from_version` into `from_version + 1`."""
+
+    def register(function: Upcaster) -> Upcaster:
+        _UPCASTERS[(type_name, from_version)] = function
+        return function
+
+    return register
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    if attrs.has(type(value)):
+        return {f.name: _plain(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    return value
+
+
+_FIELDS: dict[type[Event], tuple[str, ...]] = {
+    cls: tuple(f.name for f in attrs.fields(cls)) for cls in EVENT_TYPES.values()
+}
+
+
+def to_payload(event: Event) -> Payload:
+    """The event's fields as plain JSON-able data."""
+    return {name: _plain(getattr(event, name)) for name in _FIELDS[type(event)]}
+
+
+def encode(event: Event) -> EncodedEvent:
+    cls = type(event)
+    if EVENT_TYPES.get(cls.TYPE) is not cls:
+        raise TypeError(f"{cls.__name__} is not a registered event type")
+    payload = orjson.dumps(to_payload(event))
+    return EncodedEvent(cls.TYPE, cls.VERSION, event.at, payload)
+
+
+def from_payload(type_name: str, schema_version: int, data: object, seq: int | None = None) -> Event:
+    """Build an event from an already parsed payload, upcasting older versions."""
+    cls = EVENT_TYPES.get(type_name)
+    if cls is None:
+        raise DecodeError(f"unknown event type {type_name!r}", seq)
+    if not isinstance(data, dict):
+        raise DecodeError(f"{type_name} payload is not a JSON object", seq)
+    if schema_version > cls.VERSION:
+        raise DecodeError(
+            f"{type_name} has schema version {schema_version}, newer than this natrelay"
+            f" understands ({cls.VERSION}); upgrade natrelay to read this log",
+            seq,
+        )
+    version = schema_version
+    while version < cls.VERSION:
+        upcaster = _UPCASTERS.get((type_name, version))
+        if upcaster is None:
+            raise DecodeError(f"no upcaster for {type_name} from schema version {version}", seq)
+        data = upcaster(dict(data))
+        version += 1
+    fields = _FIELDS[cls]
+    extra = set(data) - set(fields)
+    if extra:
+        raise DecodeError(f"{type_name} payload has unknown fields: {', '.join(sorted(extra))}", seq)
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise DecodeError(f"{type_name} payload is incomplete: {exc}", seq) from None
+    except (InvalidValue, ValueError) as exc:
+        raise DecodeError(f"{type_name} payload is invalid: {exc}", seq) from None
+
+
+def decode(type_name: str, schema_version: int, payload: bytes, seq: int | None = None) -> Event:
+    """Turn a stored row back into an event, or raise `DecodeError` naming `seq`."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"{type_name} payload is not valid JSON ({exc})", seq) from None
+    return from_payload(type_name, schema_version, data, seq)

@@ -1,0 +1,133 @@
+"""The policy: every threshold, timeout and weight the engine decides with.
+
+One frozen value. It is recorded in the log (`PolicySet`) whenever it changes,
+so a replay decides with the policy that was in force. Nothing here reads the
+environment or a file; presets for other systems live in `presets`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from . import values as v
+
+Mode = Literal["direct_first", "relay_first"]
+PeerAccess = Literal["auto", "relay_only", "direct_only"]
+
+
+def _non_negative_number(instance: Any, attribute: Any, value: object) -> None:
+    if type(value) not in (int, float) or value < 0:
+        raise v.InvalidValue(f"{attribute.name}={value!r}: expected a number >= 0")
+
+
+def _factor(instance: Any, attribute: Any, value: object) -> None:
+    if type(value) not in (int, float) or value < 1:
+        raise v.InvalidValue(f"{attribute.name}={value!r}: expected a number >= 1")
+
+
+def _to_float(value: object) -> object:
+    return float(value) if type(value) is int else value
+
+
+@attrs.frozen(kw_only=True)
+class RelayWeights:
+    """Weights of the relay score; formnet's defaults.
+
+    score = (latency * (1 - min(rtt, ceiling) / ceiling) + load * (1 - load%)
+             + capability * has_required_bits + region * in_preferred_region
+             + reliability * reliability_ewma) * (1 - loss_ewma)
+    """
+
+    latency: float = attrs.field(default=0.3, converter=_to_float, validator=v.fraction)
+    latency_ceiling_ms: int = attrs.field(default=200, validator=v.positive_int)
+    load: float = attrs.field(default=0.2, converter=_to_float, validator=v.fraction)
+    capability: float = attrs.field(default=0.1, converter=_to_float, validator=v.fraction)
+    region: float = attrs.field(default=0.1, converter=_to_float, validator=v.fraction)
+    reliability: float = attrs.field(default=0.3, converter=_to_float, validator=v.fraction)
+
+
+def _weights(value: object) -> object:
+    if isinstance(value, dict):
+        return RelayWeights(**value)
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class Policy:
+    """How the engine chooses paths. Times are milliseconds."""
+
+    #: A label recorded with the policy, e.g. "natrelay" or "formnet".
+    name: str = attrs.field(default="natrelay", validator=v.text)
+    #: direct_first: relay only after `min_direct_attempts` failed rounds;
+    #: relay_first: connect through a relay at once and probe direct meanwhile.
+    mode: Mode = attrs.field(default="direct_first", validator=v.one_of("direct_first", "relay_first"))
+    #: False disables relays entirely (innernet).
+    relays_enabled: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    #: Failed direct rounds before a peer becomes relay-eligible (formnet: 3).
+    min_direct_attempts: int = attrs.field(default=3, validator=v.non_negative_int)
+    #: Base gap between two direct rounds; grows with backoff.
+    step_interval_ms: int = attrs.field(default=500, validator=v.positive_int)
+    #: A direct attempt without a handshake by then has failed.
+    attempt_timeout_ms: int = attrs.field(default=1000, validator=v.positive_int)
+    #: Endpoints tried at once in one round.
+    parallel_endpoints: int = attrs.field(default=2, validator=v.positive_int)
+    #: The gap after n failed rounds is step_interval * factor**n, capped.
+    backoff_factor: float = attrs.field(default=2.0, converter=_to_float, validator=_factor)
+    backoff_cap_ms: int = attrs.field(default=30_000, validator=v.positive_int)
+    #: +/- this fraction of the gap, from a hash of (peer, round): deterministic.
+    backoff_jitter: float = attrs.field(default=0.1, converter=_to_float, validator=v.fraction)
+    #: A path whose latest handshake is older than this is lost (REJECT_AFTER_TIME).
+    handshake_freshness_ms: int = attrs.field(default=180_000, validator=v.positive_int)
+    #: A chosen relay that has not established a session by then has failed.
+    relay_connect_timeout_ms: int = attrs.field(default=5_000, validator=v.positive_int)
+    #: With no usable relay, look again after this long (or when one is announced).
+    relay_retry_ms: int = attrs.field(default=10_000, validator=v.positive_int)
+    #: False: a relayed peer stays relayed (formnet's behaviour).
+    upgrade_enabled: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    #: First gap between upgrade probes of a relayed peer...
+    upgrade_probe_interval_ms: int = attrs.field(default=2_000, validator=v.positive_int)
+    #: ...multiplied by this after each probe...
+    upgrade_probe_backoff: float = attrs.field(default=2.0, converter=_to_float, validator=_factor)
+    #: ...up to this cap; probing never stops.
+    upgrade_probe_cap_ms: int = attrs.field(default=60_000, validator=v.positive_int)
+    #: A direct endpoint lost less than this long ago must wait this long before
+    #: an upgrade back to it: no flapping between relay and a dying direct path.
+    switch_hysteresis_ms: int = attrs.field(default=10_000, validator=v.non_negative_int)
+    weights: RelayWeights = attrs.field(factory=RelayWeights, converter=_weights)
+    #: Relays at or above this load (percent) are never chosen.
+    max_relay_load: int = attrs.field(default=80, validator=v.non_negative_int)
+    #: Capability bits a relay should have (scored, not required).
+    required_capabilities: int = attrs.field(default=0, validator=v.non_negative_int)
+    #: Relay registry entries not re-announced or measured for this long are stale.
+    relay_stale_after_ms: int = attrs.field(default=3_600_000, validator=v.positive_int)
+    #: The direct cache keeps this many endpoints per peer...
+    direct_cache_size: int = attrs.field(default=5, validator=v.positive_int)
+    #: ...each for at most this long after its last success.
+    direct_cache_max_age_ms: int = attrs.field(default=7 * 86_400_000, validator=v.positive_int)
+
+    def round_gap_ms(self, failed_rounds: int, unit_jitter: float) -> int:
+        """Gap before the next direct round; `unit_jitter` in [0, 1) comes from a hash."""
+        base = min(
+            float(self.backoff_cap_ms),
+            self.step_interval_ms * self.backoff_factor ** min(failed_rounds, 64),
+        )
+        spread = base * self.backoff_jitter * (2.0 * unit_jitter - 1.0)
+        return max(1, int(base + spread))
+
+    def probe_gap_ms(self, probes_done: int) -> int:
+        """Gap before the next upgrade probe of a relayed peer."""
+        gap = self.upgrade_probe_interval_ms * self.upgrade_probe_backoff ** min(probes_done, 64)
+        return max(1, int(min(float(self.upgrade_probe_cap_ms), gap)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
+        known = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise v.InvalidValue(f"unknown policy fields: {', '.join(unknown)}")
+        return cls(**data)
