@@ -1,0 +1,89 @@
+"""Following the log as it grows: catch up, then wait for the next commit.
+
+Owns how a follower waits: LISTEN/NOTIFY on PostgreSQL (every append notifies
+at commit; a timeout of `poll_interval` guards against a lost notification),
+a sleep of `poll_interval` on SQLite. Which events to yield is `EventLog.read`'s
+business; the gap rule (see `backends`) makes "everything after the last seq I
+saw" complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .backends import CHANNEL
+from .records import StoredEvent
+
+if TYPE_CHECKING:
+    from .log import EventLog
+
+
+def follow(
+    log: EventLog,
+    from_seq: int,
+    poll_interval: float,
+    streams: Collection[str] | None,
+    stream_prefixes: Collection[str] | None,
+    stop: threading.Event | None,
+) -> Iterator[StoredEvent]:
+    if poll_interval <= 0:
+        raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+    stopped = stop or threading.Event()
+    with _waiter(log, poll_interval) as wait:
+        after = from_seq - 1
+        while not stopped.is_set():
+            # Reading after LISTEN is in place: a commit between the read and
+            # the wait still leaves a notification to wake us.
+            caught_up = True
+            for stored in log.read(after + 1, streams=streams, stream_prefixes=stream_prefixes):
+                yield stored
+                after = stored.seq
+                caught_up = False
+                if stopped.is_set():
+                    return
+            if caught_up:
+                # With stream filters the log may have grown without us seeing it.
+                wait(stopped)
+
+
+@contextlib.contextmanager
+def _waiter(log: EventLog, poll_interval: float) -> Iterator[Callable[[threading.Event], None]]:
+    if log.dialect != "postgresql":
+
+        def sleep(stopped: threading.Event) -> None:
+            stopped.wait(poll_interval)
+
+        yield sleep
+        return
+
+    raw = log.engine.raw_connection()
+    conn: Any = raw.driver_connection
+    try:
+        conn.rollback()
+        conn.autocommit = True
+        conn.execute(f"LISTEN {CHANNEL}")
+
+        def listen(stopped: threading.Event) -> None:
+            # Wake at a notification, or at the poll interval, or soon after stop.
+            deadline = time.monotonic() + poll_interval
+            while not stopped.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                for _ in conn.notifies(timeout=min(left, 0.1), stop_after=1):
+                    # Drain whatever else queued up, then go read.
+                    for _ in conn.notifies(timeout=0):
+                        pass
+                    return
+
+        yield listen
+    finally:
+        try:
+            conn.execute(f"UNLISTEN {CHANNEL}")
+            conn.autocommit = False
+        finally:
+            raw.close()

@@ -1,0 +1,314 @@
+"""`EventLog`: the append-only log of natrelay events, on SQLite or PostgreSQL.
+
+Owns the log's public operations: atomic batched appends with optimistic
+concurrency per stream, keyset-paged reads that decode lazily, snapshots, and
+following the log as it grows. It never updates or deletes an event, never
+decides what an event means, and reads the time only through its `clock`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from natrelay.core.events import Event
+from sqlalchemy import Engine, func, select
+
+from . import migrations, schema
+from .backends import Backend, PostgresBackend, Row, backend_for
+from .errors import ConcurrencyError, EventLogError, SnapshotError
+from .location import create_log_engine, describe, parse_location
+from .records import Snapshot, StoredEvent, decode, encode
+
+Clock = Callable[[], int]
+
+#: Rows fetched per keyset page: large enough to amortise the query, small
+#: enough that memory stays constant.
+PAGE_SIZE = 4096
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch: the default recorded time."""
+    return time.time_ns() // 1_000_000
+
+
+class EventLog:
+    """An append-only event log. Open it with `EventLog.open(...)`; close it or use `with`."""
+
+    def __init__(self, engine: Engine, *, location: str, clock: Clock | None = None) -> None:
+        self._engine = engine
+        self.location = location
+        self._clock: Clock = clock or wall_clock_ms
+        self._backend: Backend = backend_for(engine.dialect.name, location)
+        self._closed = False
+
+    @classmethod
+    def open(cls, url_or_path: str, *, clock: Clock | None = None, create: bool = True) -> EventLog:
+        """Open (and by default create or upgrade) the log at a file path or database URL."""
+        url = parse_location(url_or_path)
+        location = describe(url)
+        engine = create_log_engine(url, create=create)
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(natrelay_write=True)
+                with conn.begin():
+                    migrations.upgrade(conn, location=location, create=create)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, location=location, clock=clock)
+
+    @property
+    def dialect(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self._backend.name
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for queries of your own (read only, please)."""
+        return self._engine
+
+    # --- writing ---------------------------------------------------------------
+
+    def append(
+        self,
+        items: Sequence[tuple[str, Event]],
+        expected_versions: Mapping[str, int] | None = None,
+    ) -> list[StoredEvent]:
+        """Append `(stream, event)` pairs atomically, in order; all are stored or none.
+
+        `expected_versions` maps a stream to the version it must be at now (the
+        number of events in it; 0 for a new stream); if any is stale, nothing
+        is written and `ConcurrencyError` names the stream and both versions.
+        """
+        self._check_open()
+        encoded = []
+        for stream, event in items:
+            if not isinstance(stream, str) or not stream:
+                raise ValueError(f"a stream name is a non-empty string, got {stream!r}")
+            encoded.append((stream, *encode(event)))
+        expected = dict(expected_versions or {})
+        if not encoded and not expected:
+            return []
+        streams = list(dict.fromkeys([item[0] for item in encoded] + list(expected)))
+        recorded = self._clock()
+        backend = self._backend
+        raw = self._engine.raw_connection()
+        try:
+            with backend.writing(raw.driver_connection) as cursor:
+                last = backend.last_seq(cursor)
+                versions = backend.versions(cursor, streams)
+                for stream, want in expected.items():
+                    have = versions.get(stream, 0)
+                    if have != want:
+                        raise ConcurrencyError(stream, want, have)
+                rows: list[Row] = []
+                seq = last
+                for stream, type_name, schema_version, at, payload in encoded:
+                    seq += 1
+                    version = versions.get(stream, 0) + 1
+                    versions[stream] = version
+                    rows.append(
+                        (seq, stream, version, type_name, schema_version, at, recorded, payload)
+                    )
+                if rows:
+                    backend.insert(cursor, rows)
+                    backend.announce(cursor, seq)
+        except Exception as exc:
+            if _is_unique_violation(exc):
+                raise EventLogError(
+                    f"append to {self.location} conflicted with another writer: {exc}"
+                ) from exc
+            raise
+        finally:
+            raw.close()
+        return [StoredEvent(*row) for row in rows]
+
+    def save_snapshot(
+        self, name: str, seq: int, state: bytes, *, state_format: str = "orjson"
+    ) -> Snapshot:
+        """Store projection state `state` as of `seq` under `name`."""
+        self._check_open()
+        if not isinstance(state, bytes | bytearray | memoryview):
+            raise TypeError(f"snapshot state must be bytes, got {type(state).__name__}")
+        snapshot = Snapshot(name, seq, self._clock(), state_format, bytes(state))
+        with self._engine.connect() as conn, conn.begin():
+            last = conn.execute(select(func.max(schema.events.c.seq))).scalar()
+            if not 0 <= seq <= (last or 0):
+                raise SnapshotError(
+                    f"cannot snapshot {name!r} at seq {seq}: the log ends at seq {last or 0}"
+                )
+            exists = conn.execute(
+                select(schema.snapshots.c.seq).where(
+                    schema.snapshots.c.name == name, schema.snapshots.c.seq == seq
+                )
+            ).first()
+            if exists is not None:
+                raise SnapshotError(
+                    f"snapshot {name!r} at seq {seq} exists; snapshots are never replaced"
+                )
+            conn.execute(
+                schema.snapshots.insert().values(
+                    name=name,
+                    seq=seq,
+                    created_time=snapshot.created_at,
+                    format=state_format,
+                    state=snapshot.state,
+                )
+            )
+        return snapshot
+
+    # --- reading ---------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        """The seq of the newest event, 0 for an empty log."""
+        self._check_open()
+        return self._with_cursor(self._backend.last_seq)
+
+    def stream_versions(self, streams: Collection[str]) -> dict[str, int]:
+        """The current version of each of `streams` (0 for a stream with no events)."""
+        self._check_open()
+        wanted = list(dict.fromkeys(streams))
+        found = self._with_cursor(lambda cursor: self._backend.versions(cursor, wanted))
+        return {stream: found.get(stream, 0) for stream in wanted}
+
+    def load_snapshot(self, name: str, at_or_before_seq: int | None = None) -> Snapshot | None:
+        """The newest snapshot `name` at or before the given seq, or None."""
+        self._check_open()
+        table = schema.snapshots
+        query = select(table).where(table.c.name == name)
+        if at_or_before_seq is not None:
+            query = query.where(table.c.seq <= at_or_before_seq)
+        query = query.order_by(table.c.seq.desc()).limit(1)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return Snapshot(row.name, row.seq, row.created_time, row.format, bytes(row.state))
+
+    def rows(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        streams: Collection[str] | None = None,
+        stream_prefixes: Collection[str] | None = None,
+    ) -> Iterator[Row]:
+        """Raw rows (the `events` columns in order), page by page by seq."""
+        self._check_open()
+        sql, params = self._backend.page_query(
+            to_seq,
+            None if streams is None else list(streams),
+            None if stream_prefixes is None else list(stream_prefixes),
+        )
+        after = from_seq - 1
+        while True:
+            page = self._with_cursor(_fetcher(sql, [*params, after, PAGE_SIZE]))
+            if not page:
+                return
+            yield from page
+            if len(page) < PAGE_SIZE:
+                return
+            after = page[-1][0]
+
+    def read(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        streams: Collection[str] | None = None,
+        stream_prefixes: Collection[str] | None = None,
+    ) -> Iterator[StoredEvent]:
+        """Stored events with from_seq <= seq <= to_seq, in seq order, not yet decoded.
+
+        With `streams` and/or `stream_prefixes`, only events of those streams
+        (or of streams starting with a prefix). Memory stays constant.
+        """
+        for row in self.rows(from_seq, to_seq, streams, stream_prefixes):
+            yield StoredEvent(*row)
+
+    def read_events(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        streams: Collection[str] | None = None,
+        stream_prefixes: Collection[str] | None = None,
+    ) -> Iterator[tuple[int, str, Event]]:
+        """(seq, stream, event) decoded: the fast path for replay."""
+        for seq, stream, _v, type_name, schema_version, _at, _rec, payload in self.rows(
+            from_seq, to_seq, streams, stream_prefixes
+        ):
+            yield seq, stream, decode(type_name, schema_version, payload, seq)
+
+    def follow(
+        self,
+        from_seq: int = 1,
+        poll_interval: float = 0.5,
+        *,
+        streams: Collection[str] | None = None,
+        stream_prefixes: Collection[str] | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[StoredEvent]:
+        """Every event from `from_seq` on, then each new one as it commits, until `stop` is set.
+
+        PostgreSQL wakes the follower with LISTEN/NOTIFY (polling every
+        `poll_interval` seconds as a safety net); SQLite polls. Closing the
+        iterator (or breaking out of the loop) ends it.
+        """
+        from .follow import follow
+
+        return follow(self, from_seq, poll_interval, streams, stream_prefixes, stop)
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine.dispose()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EventLog({self.location!r})"
+
+    # --- internals -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EventLogError(f"the log {self.location} is closed")
+
+    def _with_cursor(self, work: Callable[[Any], Any]) -> Any:
+        raw = self._engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                result = work(cursor)
+            finally:
+                cursor.close()
+            if isinstance(self._backend, PostgresBackend):
+                raw.driver_connection.rollback()  # end the read transaction at once
+            return result
+        finally:
+            raw.close()
+
+
+def _fetcher(sql: str, params: list[Any]) -> Callable[[Any], list[Row]]:
+    def fetch(cursor: Any) -> list[Row]:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+    return fetch
+
+
+def _is_unique_violation(exc: Exception) -> bool:
+    return type(exc).__name__ in ("UniqueViolation", "IntegrityError")
