@@ -68,9 +68,7 @@ class PeerAdded(PeerEvent):
     TYPE = "peer_added"
     candidates: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=v.endpoints)
     name: str = attrs.field(default="", validator=v.text)
-    access: PeerAccess = attrs.field(
-        default="auto", validator=v.one_of("auto", "relay_only", "direct_only")
-    )
+    access: PeerAccess = attrs.field(default="auto", validator=v.one_of("auto", "relay_only", "direct_only"))
     preferred_region: str | None = attrs.field(default=None, validator=v.optional_identifier)
 
 
@@ -128,7 +126,7 @@ class RelayAnnounced(RelayEvent):
     #: Where to reach it (a TURN server's host:port); None in simulations.
     address: str | None = attrs.field(default=None, validator=v.optional_endpoint)
     #: The announcement is void after this time; None: until withdrawn or stale.
-    expires_at: int | None = attrs.field(default=None)
+    expires_at: int | None = attrs.field(default=None, validator=attrs.validators.optional(v.time_ms))
 
 
 @attrs.frozen(kw_only=True)
@@ -194,6 +192,17 @@ class Tick(Event):
     TYPE = "tick"
 
 
+@attrs.frozen(kw_only=True)
+class StepRequested(Event):
+    """The embedding agent asked for one direct round for every remaining peer now.
+
+    This is the seed's `step_with_relay()`: a round for each peer not yet
+    connected, then relays for those past the threshold.
+    """
+
+    TYPE = "step_requested"
+
+
 # --- decisions ---------------------------------------------------------------
 
 
@@ -213,6 +222,16 @@ class DirectAttemptStarted(Decision):
     endpoint: str = attrs.field(validator=v.endpoint)
     attempt: int = attrs.field(validator=v.positive_int)
     deadline: int = attrs.field(validator=v.time_ms)
+    purpose: Purpose = attrs.field(default="connect", validator=v.one_of("connect", "upgrade_probe"))
+
+
+@attrs.frozen(kw_only=True)
+class DirectRoundFailed(Decision):
+    """Round `attempt` ended without a handshake: every endpoint timed out, or its deadline passed."""
+
+    TYPE = "direct_round_failed"
+    attempt: int = attrs.field(validator=v.positive_int)
+    endpoints: tuple[str, ...] = attrs.field(converter=_tuple, validator=v.endpoints)
     purpose: Purpose = attrs.field(default="connect", validator=v.one_of("connect", "upgrade_probe"))
 
 
@@ -255,6 +274,14 @@ class RelayChosen(Decision):
     relay: str = attrs.field(validator=v.identifier)
     ranking: tuple[RelayScore, ...] = attrs.field(default=(), converter=_ranking)
     deadline: int = attrs.field(validator=v.time_ms)
+
+
+@attrs.frozen(kw_only=True)
+class RelayAbandoned(Decision):
+    """The chosen relay did not establish a session in time: counted as its failure."""
+
+    TYPE = "relay_abandoned"
+    relay: str = attrs.field(validator=v.identifier)
 
 
 @attrs.frozen(kw_only=True)
@@ -317,12 +344,15 @@ OBSERVATIONS: tuple[type[Event], ...] = (
     RelaySessionClosed,
     PolicySet,
     Tick,
+    StepRequested,
 )
 DECISIONS: tuple[type[Event], ...] = (
     DirectAttemptStarted,
+    DirectRoundFailed,
     DirectPathSelected,
     RelayEligibilityReached,
     RelayChosen,
+    RelayAbandoned,
     RelayUnavailable,
     RelayPathSelected,
     PathUpgraded,

@@ -44,9 +44,7 @@ def _address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
         return f"unspecified address {address}"
     if address.is_multicast:
         return f"multicast address {address}"
-    if isinstance(address, ipaddress.IPv4Address) and address == ipaddress.IPv4Address(
-        "255.255.255.255"
-    ):
+    if isinstance(address, ipaddress.IPv4Address) and address == ipaddress.IPv4Address("255.255.255.255"):
         return "broadcast address 255.255.255.255"
     return None
 

@@ -1,0 +1,109 @@
+"""Projection: the relay connection cache.
+
+Owns, per peer, the relay session it is using (if any) and how every relay it
+tried has fared (successes, failures). The registry ranks relays that worked
+for a peer before first; a session closed while in use counts as a failure of
+its relay, one we closed ourselves (after an upgrade) does not, because the
+path left the relay before the close arrived.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .events import (
+    Event,
+    PathLost,
+    PathUpgraded,
+    PeerRemoved,
+    RelayAbandoned,
+    RelayPathSelected,
+    RelaySessionClosed,
+    RelaySessionFailed,
+)
+
+
+class PeerRelays:
+    """One peer's relay session and per-relay record."""
+
+    __slots__ = ("relay", "session", "since", "stats")
+
+    def __init__(self) -> None:
+        self.relay: str | None = None
+        self.session: str | None = None
+        self.since: int | None = None
+        #: relay -> [successes, failures]
+        self.stats: dict[str, list[int]] = {}
+
+    def count(self, relay: str, index: int) -> None:
+        self.stats.setdefault(relay, [0, 0])[index] += 1
+
+
+class RelayCache:
+    """peer -> relay session and relay track record."""
+
+    __slots__ = ("peers",)
+
+    def __init__(self) -> None:
+        self.peers: dict[str, PeerRelays] = {}
+
+    def open_session(self, peer: str) -> tuple[str, str] | None:
+        """(relay, session) the peer is using now, or None."""
+        found = self.peers.get(peer)
+        if found is None or found.session is None or found.relay is None:
+            return None
+        return found.relay, found.session
+
+    def worked_before(self, peer: str) -> tuple[str, ...]:
+        """Relays that carried this peer before, most successful first."""
+        found = self.peers.get(peer)
+        if found is None:
+            return ()
+        worked = [(-s, f, relay) for relay, (s, f) in found.stats.items() if s > 0]
+        return tuple(relay for _, _, relay in sorted(worked))
+
+    def stats(self, peer: str, relay: str) -> tuple[int, int]:
+        found = self.peers.get(peer)
+        if found is None:
+            return (0, 0)
+        successes, failures = found.stats.get(relay, (0, 0))
+        return successes, failures
+
+    def _peer(self, peer: str) -> PeerRelays:
+        found = self.peers.get(peer)
+        if found is None:
+            found = self.peers[peer] = PeerRelays()
+        return found
+
+    def apply(self, event: Event) -> None:
+        kind = type(event)
+        if kind is RelayPathSelected:
+            entry = self._peer(event.peer)
+            entry.relay, entry.session, entry.since = event.relay, event.session, event.at
+            entry.count(event.relay, 0)
+        elif kind is RelaySessionFailed or kind is RelayAbandoned:
+            self._peer(event.peer).count(event.relay, 1)
+        elif kind is RelaySessionClosed:
+            entry = self.peers.get(event.peer)
+            if entry is not None and entry.session == event.session and entry.relay == event.relay:
+                entry.count(event.relay, 1)
+                entry.relay = entry.session = entry.since = None
+        elif kind is PathUpgraded or kind is PeerRemoved or (kind is PathLost and event.path_kind == "relay"):
+            entry = self.peers.get(event.peer)
+            if entry is not None:
+                entry.relay = entry.session = entry.since = None
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            peer: [p.relay, p.session, p.since, {r: list(c) for r, c in sorted(p.stats.items())}]
+            for peer, p in sorted(self.peers.items())
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RelayCache:
+        made = cls()
+        for peer, (relay, session, since, stats) in state.items():
+            entry = made._peer(peer)
+            entry.relay, entry.session, entry.since = relay, session, since
+            entry.stats = {r: list(c) for r, c in stats.items()}
+        return made
