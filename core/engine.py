@@ -165,6 +165,7 @@ class Engine:
         record = self.peers[event.peer]
         record.relay_pending = record.relay_deadline = None
         record.relays_failed += (event.relay,)
+        record.relay_retry_at = event.at
 
     def _fold_policy(self, event: PolicySet) -> None:
         self.policy = event.policy
