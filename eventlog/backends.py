@@ -76,7 +76,8 @@ class Backend:
         streams: Sequence[str] | None,
         prefixes: Sequence[str] | None,
     ) -> tuple[str, list[Any]]:
-        """SQL and fixed parameters of one keyset page; the caller appends (after, limit)."""
+        """SQL and fixed parameters of one keyset page; the caller adds `after` before them and
+        the page size after them."""
         p = self.param
         where: list[str] = []
         params: list[Any] = []

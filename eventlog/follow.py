@@ -74,9 +74,9 @@ def _waiter(log: EventLog, poll_interval: float) -> Iterator[Callable[[threading
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
-                for _ in conn.notifies(timeout=min(left, 0.1), stop_after=1):
-                    # Drain whatever else queued up, then go read.
-                    for _ in conn.notifies(timeout=0):
+                if _notified(conn, min(left, 0.1)):
+                    # Drain what else queued up (one read serves them all).
+                    while _notified(conn, 0.0):
                         pass
                     return
 
@@ -87,3 +87,13 @@ def _waiter(log: EventLog, poll_interval: float) -> Iterator[Callable[[threading
             conn.autocommit = False
         finally:
             raw.close()
+
+
+def _notified(conn: Any, timeout: float) -> bool:
+    """Whether a notification arrived within `timeout` seconds."""
+    # psycopg's generator holds the connection's lock while suspended: close it.
+    notifications = conn.notifies(timeout=timeout, stop_after=1)
+    try:
+        return next(notifications, None) is not None
+    finally:
+        notifications.close()

@@ -205,7 +205,7 @@ class EventLog:
         )
         after = from_seq - 1
         while True:
-            page = self._with_cursor(_fetcher(sql, [*params, after, PAGE_SIZE]))
+            page = self._with_cursor(_fetcher(sql, [after, *params, PAGE_SIZE]))
             if not page:
                 return
             yield from page
