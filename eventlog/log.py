@@ -14,8 +14,9 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from natrelay.core.events import Event
 from sqlalchemy import Engine, func, select
+
+from natrelay.core.events import Event
 
 from . import migrations, schema
 from .backends import Backend, PostgresBackend, Row, backend_for

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 import orjson
+
 from natrelay.core import codec
 from natrelay.core.events import EVENT_TYPES, Event
 

@@ -26,13 +26,13 @@ from natrelay.eventlog import (
     "url", ["mysql://root@localhost/db", "http://example.com/log", "", "postgresql+asyncpg://x/y"]
 )
 def test_unsupported_location_is_a_clear_error(url: str) -> None:
-    with pytest.raises(BadLogURL, match="log URL|file path"):
+    with pytest.raises(BadLogURL, match=r"log URL|file path"):
         EventLog.open(url)
 
 
 def test_missing_file_without_create_is_not_found(tmp_path: Path) -> None:
     path = tmp_path / "absent.db"
-    with pytest.raises(LogNotFound, match="absent.db"):
+    with pytest.raises(LogNotFound, match=r"absent\.db"):
         EventLog.open(str(path), create=False)
     assert not path.exists()
 
