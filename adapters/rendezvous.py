@@ -26,6 +26,8 @@ import attrs
 import orjson
 import sqlalchemy as sa
 
+from ..eventlog.location import parse_location
+
 RecordKind = Literal["candidates", "relay_address", "relay_withdrawn"]
 
 metadata = sa.MetaData()
@@ -55,8 +57,10 @@ class Record:
     payload: dict[str, Any]
 
 
-def _engine_for(url: str) -> sa.Engine:
-    if url.startswith("sqlite"):
+def _engine_for(location: str) -> sa.Engine:
+    """An engine for the log's location (a file path or a database URL, as the log takes)."""
+    url = parse_location(location)
+    if url.get_backend_name() == "sqlite":
         engine = sa.create_engine(url, connect_args={"timeout": 30})
 
         @sa.event.listens_for(engine, "connect")

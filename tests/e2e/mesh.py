@@ -1,0 +1,184 @@
+"""Helpers of the end-to-end tests: agents on a namespace topology, and what to assert.
+
+This module owns starting `natrelay agent` inside each peer's namespace (configs written
+from the topology, one shared SQLite log, TURN credentials in a 0600 file), waiting for
+WireGuard handshakes, pinging through the tunnel, and checking the log with
+`replay --verify`. It never sleeps a fixed time where it can wait for a condition, and
+every process it starts belongs to the topology, which kills it at teardown.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from natrelay.tools.topology import Topology, run
+
+#: A policy fast enough for tests: short timeouts, quick rounds and upgrade probes.
+E2E_POLICY = {
+    "min_direct_attempts": 2,
+    "attempt_timeout_ms": 1000,
+    "step_interval_ms": 300,
+    "backoff_cap_ms": 2000,
+    "parallel_endpoints": 1,
+    "relay_connect_timeout_ms": 6000,
+    "relay_retry_ms": 2000,
+    "upgrade_probe_interval_ms": 1500,
+    "upgrade_probe_backoff": 1.5,
+    "upgrade_probe_cap_ms": 4000,
+    "switch_hysteresis_ms": 2000,
+}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+@attrs.define
+class Mesh:
+    """Agents running on a topology; `log_path` is the shared event log."""
+
+    topo: Topology
+    policy: dict[str, Any] = attrs.field(factory=lambda: dict(E2E_POLICY))
+    started_at: dict[str, float] = attrs.field(factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.topo.workdir / "mesh.db"
+
+    def write_config(self, name: str) -> Path:
+        topo = self.topo
+        cred = topo.workdir / "turn.cred"
+        if not cred.exists():
+            cred.touch(mode=0o600)
+            cred.write_text(f"{topo.turn_user}:{topo.turn_password}\n")
+        lines = [f"node = {_toml_value(name)}", "persistent_keepalive = 1", "",
+                 "[credentials]", f"file = {_toml_value(str(cred))}", "", "[policy]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in self.policy.items()]
+        for other in topo.peers.values():
+            if other.name == name:
+                continue
+            lines += ["", "[[peers]]", f"name = {_toml_value(other.name)}",
+                      f"public_key = {_toml_value(other.public_key)}",
+                      f"allowed_ips = {_toml_value([other.tunnel_ip + '/32'])}"]
+        for relay in topo.relays.values():
+            lines += ["", "[[relays]]", f"id = {_toml_value(relay.name)}",
+                      f"url = {_toml_value(relay.url)}", 'region = "lab"']
+        path = topo.workdir / f"agent-{name}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start_agent(self, name: str) -> None:
+        peer = self.topo.peers[name]
+        config = self.write_config(name)
+        self.started_at[name] = time.monotonic()
+        self.topo.spawn(
+            f"agent-{name}",
+            [sys.executable, "-m", "natrelay.tools.agent_cli", "agent", "--interface",
+             peer.wg_if, "--log", str(self.log_path), "--config", str(config)],
+            ns=peer.ns, log=self.topo.workdir / f"agent-{name}.log")
+
+    def stop_agent(self, name: str) -> int | None:
+        """Ctrl-C the agent (SIGINT) and return its exit status."""
+        proc = self.topo._processes.get(f"agent-{name}")
+        if proc is None:
+            return None
+        proc.send_signal(2)
+        try:
+            code = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.topo.stop_process(f"agent-{name}")
+            return None
+        self.topo._processes.pop(f"agent-{name}", None)
+        return code
+
+    def agent_log(self, name: str) -> str:
+        path = self.topo.workdir / f"agent-{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def peer_endpoint(self, name: str, other: str) -> str | None:
+        """The endpoint `name`'s WireGuard uses for `other` right now."""
+        out = self.topo.wg(name, "show", self.topo.peers[name].wg_if, "endpoints")
+        for line in out.splitlines():
+            key, _, endpoint = line.partition("\t")
+            if key == self.topo.peers[other].public_key:
+                return None if endpoint == "(none)" else endpoint
+        return None
+
+    def latest_handshake(self, name: str, other: str) -> int:
+        out = self.topo.wg(name, "show", self.topo.peers[name].wg_if, "latest-handshakes")
+        for line in out.splitlines():
+            key, _, value = line.partition("\t")
+            if key == self.topo.peers[other].public_key:
+                return int(value or 0)
+        return 0
+
+    def wait_for(self, what: str, condition: Callable[[], bool], timeout: float) -> float:
+        """Wait until `condition()` holds; return the seconds it took, or fail naming `what`."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if condition():
+                return time.monotonic() - started
+            time.sleep(0.02)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n"
+                             + self.diagnostics())
+
+    def path_kind(self, name: str, other: str) -> str | None:
+        """'relay' when WireGuard points at a local TURN proxy, 'direct' for a public address."""
+        endpoint = self.peer_endpoint(name, other)
+        if endpoint is None:
+            return None
+        return "relay" if endpoint.startswith("127.") else "direct"
+
+    def wait_path(self, kind: str, timeout: float, pair: tuple[str, str] = ("a", "b"),
+                  since: int = 0) -> float:
+        """Both sides use a `kind` path with a handshake newer than `since` (unix s)."""
+        a, b = pair
+
+        def ok() -> bool:
+            return all(self.path_kind(x, y) == kind and self.latest_handshake(x, y) > since
+                       for x, y in ((a, b), (b, a)))
+
+        return self.wait_for(f"a {kind} handshake between {a} and {b}", ok, timeout)
+
+    def ping(self, src: str = "a", dst: str = "b", tries: int = 5) -> bool:
+        return any(self.topo.ping(src, dst, count=1, timeout_s=1) for _ in range(tries))
+
+    def verify(self, node: str) -> str:
+        """`replay --verify` of `node` on the shared log; returns the report, fails on divergence."""
+        from natrelay.eventlog import EventLog
+        from natrelay.eventlog.replay import verify
+
+        with EventLog.open(str(self.log_path), create=False) as log:
+            result = verify(log, node)
+        assert result.ok, f"replay --verify {node}: {result.divergence}"
+        return f"{node}: {result.observations} observations, {result.decisions} decisions ok"
+
+    def decisions(self, node: str) -> list[str]:
+        from natrelay.eventlog import EventLog
+        from natrelay.eventlog.replay import node_events
+
+        with EventLog.open(str(self.log_path), create=False) as log:
+            return [e.TYPE for _s, _st, e in node_events(log, node) if e.KIND == "decision"]
+
+    def diagnostics(self) -> str:
+        parts = []
+        for name, peer in self.topo.peers.items():
+            dump = run(["wg", "show", peer.wg_if, "endpoints"], ns=peer.ns, check=False).stdout
+            parts.append(f"--- {name} endpoints: {dump.strip()}")
+            parts.append(f"--- agent {name} log (tail):\n" + self.agent_log(name)[-3000:])
+        return "\n".join(parts)
