@@ -1,0 +1,137 @@
+"""`natrelay bench`: natrelay measured beside its floors, in one run, on this machine.
+
+Owns the engine-side benchmarks (full replay throughput, in-memory decision
+throughput, memory per peer at scale) and gathers the log-side ones from
+tools/bench_log.py. Results are plain numbers for BENCHMARKS.md; nothing here
+asserts a limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from natrelay.adapters.memory import MemoryNetwork
+from natrelay.adapters.node import Node
+from natrelay.core.engine import Engine
+from natrelay.core.events import Event, PeerAdded, RelayAnnounced, Tick
+from natrelay.eventlog import EventLog
+from natrelay.eventlog.replay import rebuild
+
+from .demo import demo_key
+
+
+def _mesh_inputs(peers: int) -> tuple[MemoryNetwork, list[Event]]:
+    """A mesh where a third of the peers answer directly and the rest need relays."""
+    network = MemoryNetwork(relays={"relay-a": 80, "relay-b": 60})
+    setup: list[Event] = [
+        RelayAnnounced(at=0, relay="relay-a", region="eu", capacity=100_000),
+        RelayAnnounced(at=0, relay="relay-b", region="us", capacity=100_000),
+    ]
+    for index in range(peers):
+        key = demo_key(index)
+        reflexive = f"198.51.{index // 250 % 250}.{index % 250 + 1}:{1024 + index % 60000}"
+        lan = f"10.{index // 65536 % 250}.{index // 256 % 256}.{index % 256}:51820"
+        if index % 3 == 0:
+            network.answering[(key, reflexive)] = 20 + index % 50
+        setup.append(PeerAdded(at=index % 1000, peer=key, candidates=(reflexive, lan)))
+    return network, setup
+
+
+def generate_log(path: str, peers: int, duration_ms: int) -> int:
+    """Write a realistic log (the in-memory mesh run for `duration_ms`); return its event count."""
+    network, setup = _mesh_inputs(peers)
+    with EventLog.open(path) as log:
+        node = Node(log, network, node="bench", flush_every=2000)
+        for event in setup:
+            node.observe(event)
+        node.run_until(duration_ms)
+        return node.appended
+
+
+def measure_replay(path: str) -> dict[str, float]:
+    """Full replay: read, decode, fold into every projection and the lifecycle."""
+    with EventLog.open(path, create=False) as log:
+        events = log.last_seq()
+        started = time.perf_counter()
+        rebuild(log, "bench", use_snapshot=False)
+        elapsed = time.perf_counter() - started
+    return {"replay_sqlite_eps": events / elapsed, "replay_events": float(events)}
+
+
+def measure_engine(peers: int, duration_ms: int) -> dict[str, float]:
+    """Decisions per second in memory: the engine and the scripted network, no log."""
+    network, setup = _mesh_inputs(peers)
+    engine = Engine()
+    handled = 0
+    started = time.perf_counter()
+
+    def feed(event: Event) -> None:
+        nonlocal handled
+        reaction = engine.handle(event)
+        handled += 1 + len(reaction.decisions)
+        for command in reaction.commands:
+            network.execute(command, engine.now)
+
+    for event in setup:
+        feed(event)
+    while True:
+        times = [t for t in (engine.next_deadline(), network.next_event_at()) if t is not None]
+        if not times or min(times) > duration_ms:
+            break
+        now = max(min(times), engine.now)
+        for event in network.poll(now):
+            feed(event)
+        deadline = engine.next_deadline()
+        if deadline is not None and deadline <= now:
+            feed(Tick(at=now))
+    elapsed = time.perf_counter() - started
+    return {"engine_events_per_s_in_memory": handled / elapsed, "engine_events": float(handled)}
+
+
+def measure_memory(peers: int) -> dict[str, float]:
+    """Memory per peer, in a fresh interpreter so nothing else is counted."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "natrelay.tools.bench_memory", str(peers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(completed.stdout)
+
+
+def run_benchmarks(
+    *, events: int = 200_000, peers: int = 100_000, postgres: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Every benchmark, side by side; keys are stable (BENCHMARKS.md and --json use them)."""
+    results: dict[str, Any] = {}
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"… {text}", file=sys.stderr, flush=True)
+
+    try:
+        from . import bench_log
+    except ImportError:  # pragma: no cover - bench_log ships with natrelay
+        bench_log = None
+    if bench_log is not None:
+        say("log append/read beside the sqlite3 floor and the eventsourcing library")
+        results.update(bench_log.run(events=events, postgres=postgres or os.environ.get("NATRELAY_PG_URL")))
+    mesh_peers = max(100, events // 60)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "replay.sqlite")
+        say(f"generating a {mesh_peers}-peer mesh log for the replay benchmark")
+        generate_log(path, mesh_peers, 600_000)
+        say("full replay from SQLite")
+        results.update(measure_replay(path))
+    say("engine decisions in memory")
+    results.update(measure_engine(mesh_peers, 600_000))
+    say(f"memory at {peers} peers")
+    results.update(measure_memory(peers))
+    return results
