@@ -227,6 +227,8 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.start()
+        log.info("agent running: node %s, interface %s, %d peers, %d relays", self.config.node,
+                 self.interface, len(self.config.peers), len(self.config.relays))
         try:
             while not stop.is_set():
                 self.step()
@@ -303,6 +305,8 @@ class Agent:
 
     def _execute_all(self, decisions: Sequence[Event], commands: Sequence[Command]) -> None:
         for decision in decisions:
+            peer = getattr(decision, "peer", None) or ""
+            log.info("%s %s: %s", decision.TYPE, peer[:8], getattr(decision, "reason", ""))
             if isinstance(decision, DirectRoundFailed) and decision.purpose == "upgrade_probe":
                 self._restore_relay(decision.peer)
         for command in commands:

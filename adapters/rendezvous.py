@@ -83,7 +83,11 @@ class Rendezvous:
 
     def __attrs_post_init__(self) -> None:
         self.engine = _engine_for(self.url)
-        metadata.create_all(self.engine, checkfirst=True)
+        # IF NOT EXISTS: agents starting together must not race on creating the table.
+        with self.engine.begin() as conn:
+            conn.execute(sa.schema.CreateTable(records_table, if_not_exists=True))
+            for index in records_table.indexes:
+                conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -331,12 +331,14 @@ class Topology:
         run(["ip", "addr", "add", f"{peer.tunnel_ip}/24", "dev", peer.wg_if], ns=peer.ns)
         run(["ip", "link", "set", peer.wg_if, "up"], ns=peer.ns)
 
-    def set_nat(self, name: str, kind: NatKind) -> None:
+    def set_nat(self, name: str, kind: NatKind, flush: str = "all") -> None:
         """Replace the NAT behaviour of ``name``'s router and flush its conntrack table.
 
         preserving: MASQUERADE keeps the source port when it can (endpoint-independent
         mapping). symmetric: ``--random-fully`` picks a new port for every destination.
         Both drop unsolicited inbound traffic. none: plain routing, no NAT, no filter.
+        ``flush``: "all" forgets every mapping; "wireguard" only the WireGuard port's (other
+        flows, such as a TURN allocation's, keep theirs); "none" keeps them all.
         """
         peer_router = f"{self.prefix}-nat{name}"
         wan_if = self.peers[name].wan_if
@@ -351,24 +353,32 @@ class Topology:
             for chain in ("INPUT", "FORWARD"):
                 run(["iptables", "-A", chain, "-i", wan_if, "-m", "conntrack",
                      "--ctstate", "NEW,INVALID", "-j", "DROP"], ns=peer_router)
-        self.flush_conntrack(name)
+        if flush == "all":
+            self.flush_conntrack(name)
+        elif flush == "wireguard":
+            run(["conntrack", "-D", "-p", "udp", "--orig-port-src",
+                 str(self.peers[name].listen_port)], ns=peer_router, check=False)
         self.nats[name] = kind
 
     def flush_conntrack(self, name: str) -> None:
         """Forget every NAT mapping of ``name``'s router (the next packet maps anew)."""
         run(["conntrack", "-F"], ns=f"{self.prefix}-nat{name}", check=False)
 
-    def rebind(self, name: str) -> None:
-        """The NAT of ``name`` rebinds: every current mapping moves to a new external port.
+    def rebind(self, name: str, settle: float = 1.5) -> None:
+        """The NAT of ``name`` rebinds: its WireGuard flow moves to a new external port.
 
-        Flushing alone would give a port-preserving NAT the same port back, so the
-        router first maps with ``--random-fully`` for a moment, which is what a NAT
-        reboot or a mapping timeout looks like from outside.
+        The router forgets its mappings and, for ``settle`` seconds (longer than the
+        peers' keepalive), maps to ports 40000-40999; then the usual rule comes back
+        without a flush, so the moved mapping stays, as after a NAT reboot.
         """
         kind = self.nats[name]
-        self.set_nat(name, "symmetric")
-        if kind != "symmetric":
-            self.nats[name] = kind
+        router, wan_if = f"{self.prefix}-nat{name}", self.peers[name].wan_if
+        run(["iptables", "-t", "nat", "-F"], ns=router)
+        run(["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan_if, "-p", "udp",
+             "-j", "MASQUERADE", "--to-ports", "40000-40999"], ns=router)
+        self.flush_conntrack(name)
+        time.sleep(settle)
+        self.set_nat(name, kind, flush="none")
 
     # ---- helpers for tests -------------------------------------------------------------
 

@@ -151,7 +151,7 @@ class Mesh:
 
         def ok() -> bool:
             return all(self.path_kind(x, y) == kind and self.latest_handshake(x, y) > since
-                       for x, y in ((a, b), (b, a)))
+                       and self.engine_path(x) == kind for x, y in ((a, b), (b, a)))
 
         return self.wait_for(f"a {kind} handshake between {a} and {b}", ok, timeout)
 
@@ -168,10 +168,27 @@ class Mesh:
         assert result.ok, f"replay --verify {node}: {result.divergence}"
         return f"{node}: {result.observations} observations, {result.decisions} decisions ok"
 
+    def engine_path(self, node: str) -> str | None:
+        """The kind of path `node`'s engine last selected, as its log records it."""
+        kinds = {"direct_path_selected": "direct", "path_upgraded": "direct",
+                 "relay_path_selected": "relay", "path_lost": None}
+        last = None
+        for decision in self.decisions(node):
+            if decision in kinds:
+                last = kinds[decision]
+        return last
+
+    def wait_running(self, name: str, timeout: float = 20) -> float:
+        """Wait until agent `name` says it runs (its start-up, resume included, is done)."""
+        return self.wait_for(f"agent {name} to run",
+                             lambda: "agent running" in self.agent_log(name), timeout)
+
     def decisions(self, node: str) -> list[str]:
         from natrelay.eventlog import EventLog
         from natrelay.eventlog.replay import node_events
 
+        if not self.log_path.exists():
+            return []
         with EventLog.open(str(self.log_path), create=False) as log:
             return [e.TYPE for _s, _st, e in node_events(log, node) if e.KIND == "decision"]
 
