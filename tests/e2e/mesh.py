@@ -55,6 +55,8 @@ class Mesh:
     topo: Topology
     policy: dict[str, Any] = attrs.field(factory=lambda: dict(E2E_POLICY))
     started_at: dict[str, float] = attrs.field(factory=dict)
+    #: How many times each agent had said "agent running" before its latest start.
+    runs: dict[str, int] = attrs.field(factory=dict)
 
     @property
     def log_path(self) -> Path:
@@ -86,6 +88,7 @@ class Mesh:
         peer = self.topo.peers[name]
         config = self.write_config(name)
         self.started_at[name] = time.monotonic()
+        self.runs[name] = self.agent_log(name).count("agent running")
         self.topo.spawn(
             f"agent-{name}",
             [sys.executable, "-m", "natrelay.tools.agent_cli", "agent", "--interface",
@@ -180,8 +183,10 @@ class Mesh:
 
     def wait_running(self, name: str, timeout: float = 20) -> float:
         """Wait until agent `name` says it runs (its start-up, resume included, is done)."""
+        before = self.runs.get(name, 0)
         return self.wait_for(f"agent {name} to run",
-                             lambda: "agent running" in self.agent_log(name), timeout)
+                             lambda: self.agent_log(name).count("agent running") > before,
+                             timeout)
 
     def decisions(self, node: str) -> list[str]:
         from natrelay.eventlog import EventLog
