@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from natrelay.adapters.turn_relay import (
     TurnCredentials,
     TurnError,

@@ -6,6 +6,7 @@ import subprocess
 from collections.abc import Sequence
 
 import pytest
+
 from natrelay.adapters.wireguard import (
     DumpParseError,
     InterfaceNotFound,
