@@ -195,6 +195,8 @@ class Engine:
         self._transition(record, event)
         record.relays_failed = ()
         record.relay_retry_at = event.at
+        if record.next_round_at is None:
+            record.next_round_at = event.at
 
     def _fold_relay_chosen(self, event: RelayChosen) -> None:
         record = self.peers[event.peer]
@@ -359,6 +361,7 @@ class Engine:
         self._commands.extend(self._releasing)
         self._releasing = ()
         self._commands.append(ForgetPeer(peer=event.peer))
+        self._schedule(self.peers[event.peer])
 
     def _react_to_peer(self, event: Any) -> None:
         self._advance(self.peers[event.peer])
@@ -749,6 +752,7 @@ class Engine:
             and round_ is None
             and record.next_round_at is not None
             and self.direct_allowed(record)
+            and self.endpoints_to_try(key)
         ):
             times.append(record.next_round_at)
         if state == lc.RELAY_ELIGIBLE:
@@ -760,7 +764,7 @@ class Engine:
         if state in lc.CONNECTED_STATES and record.last_handshake_at is not None:
             times.append(record.last_handshake_at + self.policy.handshake_freshness_ms)
         if state == lc.RELAY_CONNECTED and self.upgrades_allowed(record):
-            if record.next_probe_at is not None and round_ is None:
+            if record.next_probe_at is not None and round_ is None and self.endpoints_to_try(key):
                 times.append(record.next_probe_at)
             ready = self._upgrade_ready_at(record)
             if ready is not None:

@@ -51,6 +51,11 @@ NodeOpt = Annotated[str | None, typer.Option("--node", help="Which node's view (
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def printable(text: str) -> str:
+    """The text with control characters (terminal escapes included) made visible, on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class CliError(Exception):
     """An error to print as one line, exit code 2."""
 
@@ -250,9 +255,9 @@ _USER_ERRORS = (CliError, LookupError_, EventLogError, DecodeError, InvalidValue
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except _USER_ERRORS as exc:
-        Console(stderr=True, highlight=False).print(f"natrelay: {escape(str(exc))}")
+        print(f"natrelay: {printable(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -265,6 +270,7 @@ def main() -> None:
             exc.show()
             sys.exit(2)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
