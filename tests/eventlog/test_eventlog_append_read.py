@@ -185,3 +185,19 @@ def test_stored_event_is_a_frozen_value() -> None:
     with pytest.raises(AttributeError):
         stored.seq = 2  # type: ignore[misc]
     assert stored == StoredEvent(1, "s", 1, "tick", 1, 5, 6, b'{"at":5}')
+
+
+def test_two_log_objects_on_one_log_keep_versions_right(
+    open_log: Callable[..., EventLog], new_url: Callable[[], str]
+) -> None:
+    url = new_url()
+    first, second = open_log(url), open_log(url)
+    first.append([("s", E.Tick(at=1))])
+    second.append([("s", E.Tick(at=2))])  # first's remembered head of "s" is now stale
+    [stored] = first.append([("s", E.Tick(at=3))])
+    assert (stored.seq, stored.stream_version) == (3, 3)
+    with pytest.raises(ConcurrencyError, match="version 3, expected 2"):
+        second.append([("s", E.Tick(at=4))], expected_versions={"s": 2})
+    [stored] = second.append([("s", E.Tick(at=4))], expected_versions={"s": 3})
+    assert (stored.seq, stored.stream_version) == (4, 4)
+    assert [s.stream_version for s in first.read()] == [1, 2, 3, 4]
