@@ -44,11 +44,13 @@ class Backend:
         """A cursor inside a transaction holding the log's write lock."""
         raise NotImplementedError
 
-    def insert(self, cursor: Any, rows: Sequence[Row]) -> None:
-        raise NotImplementedError
+    def locked_last_seq(self, cursor: Any) -> int:
+        """Inside `writing`: make sure the write lock is held, and return max(seq)."""
+        return self.last_seq(cursor)
 
-    def announce(self, cursor: Any, last_seq: int) -> None:
-        """Tell followers (at commit) that the log grew to `last_seq`."""
+    def insert(self, cursor: Any, rows: Sequence[Row]) -> None:
+        """Insert `rows` and tell followers (at commit) that the log grew."""
+        raise NotImplementedError
 
     def stream_filter(self, streams: Sequence[str]) -> tuple[str, list[Any]]:
         raise NotImplementedError
@@ -131,7 +133,7 @@ class SqliteBackend(Backend):
         finally:
             cursor.close()
 
-    def insert(self, cursor: sqlite3.Cursor, rows: Sequence[Row]) -> None:
+    def insert(self, cursor: sqlite3.Cursor, rows: Sequence[Row]) -> None:  # SQLite followers poll
         cursor.executemany(f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def stream_filter(self, streams: Sequence[str]) -> tuple[str, list[Any]]:
@@ -148,8 +150,6 @@ class PostgresBackend(Backend):
     def writing(self, dbapi: Any) -> Iterator[Any]:
         cursor = dbapi.cursor()
         try:
-            # EXCLUSIVE blocks other writers (ROW EXCLUSIVE) but not readers.
-            cursor.execute("LOCK TABLE events IN EXCLUSIVE MODE")
             yield cursor
         except BaseException:
             dbapi.rollback()
@@ -159,20 +159,29 @@ class PostgresBackend(Backend):
         finally:
             cursor.close()
 
+    def locked_last_seq(self, cursor: Any) -> int:
+        # One round trip: EXCLUSIVE blocks other writers (ROW EXCLUSIVE) but
+        # not readers; max(seq) is read after the lock is granted.
+        cursor.execute(
+            "LOCK TABLE events IN EXCLUSIVE MODE; SELECT coalesce(max(seq), 0) FROM events"
+        )
+        cursor.nextset()
+        return int(cursor.fetchone()[0])
+
     def insert(self, cursor: Any, rows: Sequence[Row]) -> None:
+        notify = f"NOTIFY {CHANNEL}, '{int(rows[-1][0])}'"
         if len(rows) >= self.copy_threshold:
             with cursor.copy(f"COPY events ({COLUMNS}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
+            cursor.execute(notify)
             return
         values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
         cursor.execute(
             f"INSERT INTO events ({COLUMNS}) VALUES {values}",
             [value for row in rows for value in row],
         )
-
-    def announce(self, cursor: Any, last_seq: int) -> None:
-        cursor.execute(f"NOTIFY {CHANNEL}, '{int(last_seq)}'")
+        cursor.execute(notify)
 
     def stream_filter(self, streams: Sequence[str]) -> tuple[str, list[Any]]:
         return "stream = ANY(%s)", [list(streams)]

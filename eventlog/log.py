@@ -125,7 +125,7 @@ class EventLog:
         raw = self._engine.raw_connection()
         try:
             with backend.writing(raw.driver_connection) as cursor:
-                last = backend.last_seq(cursor)
+                last = backend.locked_last_seq(cursor)
                 if last != heads.last_seq:
                     heads.forget()  # someone else appended: the cache may be stale
                 versions = heads.versions
@@ -149,7 +149,6 @@ class EventLog:
                     )
                 if rows:
                     backend.insert(cursor, rows)
-                    backend.announce(cursor, seq)
                 heads.last_seq = seq
                 if len(versions) > _MAX_CACHED_STREAMS:
                     heads.forget()
