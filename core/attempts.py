@@ -9,7 +9,7 @@ past the relay threshold.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from .events import (
     DirectAttemptStarted,
@@ -63,6 +63,8 @@ class AttemptCounts:
     """Failed direct rounds since the last success, and each peer's current round."""
 
     __slots__ = ("failed", "rounds")
+    #: The event types this projection folds (the engine skips it for the others).
+    HANDLES: ClassVar[frozenset[type]]
 
     def __init__(self) -> None:
         self.rounds: dict[str, Round] = {}
@@ -138,3 +140,4 @@ _HANDLERS: dict[type, Any] = {
     PathUpgraded: AttemptCounts._succeeded,
     PeerRemoved: AttemptCounts._succeeded,
 }
+AttemptCounts.HANDLES = frozenset(_HANDLERS)

@@ -8,7 +8,7 @@ endpoint first when it (re)connects a peer — the seed's cached endpoint.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -32,6 +32,8 @@ class DirectCache:
     """peer -> its best working endpoints."""
 
     __slots__ = ("entries", "max_age_ms", "size")
+    #: The event types this projection folds (the engine skips it for the others).
+    HANDLES: ClassVar[frozenset[type]] = frozenset({DirectPathSelected, PathUpgraded, HandshakeObserved})
 
     def __init__(self, size: int = 5, max_age_ms: int = 7 * 86_400_000) -> None:
         self.size = size

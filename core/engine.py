@@ -17,7 +17,9 @@ Rules of this module:
 
 from __future__ import annotations
 
+import functools
 import heapq
+import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -101,6 +103,7 @@ class Engine:
         self._decisions: list[Event] = []
         self._commands: list[Command] = []
         self._releasing: tuple[CloseRelaySession, ...] = ()
+        self._plans: dict[type, Any] = {}
 
     # ------------------------------------------------------------------ fold
 
@@ -108,15 +111,27 @@ class Engine:
         """Fold one logged event (observation or decision) into the state."""
         if event.at > self.now:
             self.now = event.at
-        if event.KIND == "observation" and self._rejection(event) is not None:
+        kind = type(event)
+        plan = self._plans.get(kind) or self._plan(kind)
+        check, steps = plan
+        if check is not None and check(self, event) is not None:
             return
-        self.attempts.apply(event)
-        self.direct_cache.apply(event)
-        self.relay_cache.apply(event)
-        self.registry.apply(event)
-        fold = _FOLDS.get(type(event))
+        for step in steps:
+            step(event)
+
+    def _plan(self, kind: type) -> tuple[Callable[[Engine, Any], str | None] | None, tuple[Any, ...]]:
+        """Which projections fold events of this type: computed once per type (replay is hot)."""
+        steps: list[Any] = [
+            projection.apply
+            for projection in (self.attempts, self.direct_cache, self.relay_cache, self.registry)
+            if kind in projection.HANDLES
+        ]
+        fold = _FOLDS.get(kind)
         if fold is not None:
-            fold(self, event)
+            steps.append(fold.__get__(self))
+        plan = (_CHECKS.get(kind), tuple(steps))
+        self._plans[kind] = plan
+        return plan
 
     def _transition(self, record: PeerRecord, event: Event) -> None:
         state = lc.next_state(record.state, lc.TRIGGER_OF_EVENT[event.TYPE])
@@ -195,6 +210,9 @@ class Engine:
         self._transition(record, event)
         record.relays_failed = ()
         record.relay_retry_at = event.at
+        if self.policy.mode == "relay_first" and record.next_round_at is None:
+            # relay first, and "probe direct meanwhile": the first direct round starts with the relay
+            record.next_round_at = event.at
         if record.next_round_at is None:
             record.next_round_at = event.at
 
@@ -368,7 +386,8 @@ class Engine:
 
     def _react_handshake(self, event: HandshakeObserved) -> None:
         record = self.peers[event.peer]
-        if event.endpoint is not None:
+        # A relay-only peer never takes a direct path, even one it opened itself.
+        if event.endpoint is not None and self.direct_allowed(record):
             endpoint = event.endpoint
             if record.state in (lc.PENDING, lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
                 pending = record.relay_pending
@@ -486,10 +505,16 @@ class Engine:
         return self.policy.upgrade_enabled and self.direct_allowed(record)
 
     def endpoints_to_try(self, peer: str) -> tuple[str, ...]:
-        """Cached working endpoints first (best first), then the candidates in order."""
+        """Cached working endpoints first (best first), then the candidates in order.
+
+        With `private_candidates_first`, private addresses go before public ones (stable).
+        """
         record = self.peers[peer]
         cached = tuple(entry.endpoint for entry in self.direct_cache.best(peer, self.now))
-        return tuple(dict.fromkeys(cached + record.candidates))
+        ordered = tuple(dict.fromkeys(cached + record.candidates))
+        if self.policy.private_candidates_first:
+            ordered = tuple(sorted(ordered, key=_is_public))
+        return ordered
 
     def _advance(self, record: PeerRecord) -> None:
         """Take every decision that is due for this peer now, then set its next wake-up."""
@@ -857,6 +882,7 @@ class Engine:
         engine.direct_cache = DirectCache.from_state(state["direct_cache"])
         engine.relay_cache = RelayCache.from_state(state["relay_cache"])
         engine.registry = RelayRegistry.from_state(state["registry"])
+        engine._plans = {}
         engine.reschedule_all()
         return engine
 
@@ -868,6 +894,13 @@ class Engine:
             engine.apply(event)
         engine.reschedule_all()
         return engine
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _is_public(endpoint: str) -> bool:
+    """False for private, loopback and link-local endpoints (sorts them first)."""
+    host = endpoint[1:].partition("]")[0] if endpoint.startswith("[") else endpoint.rpartition(":")[0]
+    return not ipaddress.ip_address(host).is_private
 
 
 _FOLDS: dict[type, Callable[[Engine, Any], None]] = {

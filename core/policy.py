@@ -92,6 +92,13 @@ class Policy:
     upgrade_probe_backoff: float = attrs.field(default=2.0, converter=_to_float, validator=_factor)
     #: ...up to this cap; probing never stops.
     upgrade_probe_cap_ms: int = attrs.field(default=60_000, validator=v.positive_int)
+    #: After this many upgrade probes the gap jumps straight to the cap (netbird: 3 ICE
+    #: retries, then one per hour); 0 keeps the plain backoff.
+    upgrade_probe_slow_after: int = attrs.field(default=0, validator=v.non_negative_int)
+    #: Try private (RFC 1918, link-local, ULA) candidates before public ones, keeping their
+    #: order otherwise (innernet tries the agent-reported local addresses and the
+    #: server-reported endpoint last).
+    private_candidates_first: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     #: A direct endpoint lost less than this long ago must wait this long before
     #: an upgrade back to it: no flapping between relay and a dying direct path.
     switch_hysteresis_ms: int = attrs.field(default=10_000, validator=v.non_negative_int)
@@ -118,6 +125,8 @@ class Policy:
 
     def probe_gap_ms(self, probes_done: int) -> int:
         """Gap before the next upgrade probe of a relayed peer."""
+        if self.upgrade_probe_slow_after and probes_done >= self.upgrade_probe_slow_after:
+            return self.upgrade_probe_cap_ms
         gap = self.upgrade_probe_interval_ms * self.upgrade_probe_backoff ** min(probes_done, 64)
         return max(1, int(min(float(self.upgrade_probe_cap_ms), gap)))
 

@@ -9,7 +9,7 @@ path left the relay before the close arrived.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from .events import (
     Event,
@@ -43,6 +43,18 @@ class RelayCache:
     """peer -> relay session and relay track record."""
 
     __slots__ = ("peers",)
+    #: The event types this projection folds (the engine skips it for the others).
+    HANDLES: ClassVar[frozenset[type]] = frozenset(
+        {
+            RelayPathSelected,
+            RelaySessionFailed,
+            RelayAbandoned,
+            RelaySessionClosed,
+            PathUpgraded,
+            PeerRemoved,
+            PathLost,
+        }
+    )
 
     def __init__(self) -> None:
         self.peers: dict[str, PeerRelays] = {}

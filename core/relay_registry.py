@@ -11,7 +11,7 @@ times (1 - loss); ties go to the smaller relay id, never to dict order.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from .events import (
     Event,
@@ -76,6 +76,17 @@ class RelayRegistry:
     """relay id -> RelayInfo, with the ranking for a peer."""
 
     __slots__ = ("relays",)
+    #: The event types this projection folds (the engine skips it for the others).
+    HANDLES: ClassVar[frozenset[type]] = frozenset(
+        {
+            RelayAnnounced,
+            RelayWithdrawn,
+            RelayHealthMeasured,
+            RelaySessionEstablished,
+            RelaySessionFailed,
+            RelayAbandoned,
+        }
+    )
 
     def __init__(self) -> None:
         self.relays: dict[str, RelayInfo] = {}

@@ -12,7 +12,9 @@ Owns reading one node's view of a log back into an `Engine`:
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -78,11 +80,25 @@ def rebuild(
     if engine is None:
         engine = Engine(policy)
     apply = engine.apply
-    for seq, _stream, event in node_events(log, node, start, until_seq):
-        apply(event)
-        last = seq
+    with _collector_paused():
+        for seq, _stream, event in node_events(log, node, start, until_seq):
+            apply(event)
+            last = seq
     engine.reschedule_all()
     return engine, last
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while folding: replay builds millions of small,
+    acyclic objects, and generation scans over them cost a quarter of the replay time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @attrs.frozen
