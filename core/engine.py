@@ -46,6 +46,7 @@ from .events import (
     HandshakeObserved,
     ObservationRejected,
     PathLost,
+    PathSilent,
     PathUpgraded,
     PeerAdded,
     PeerRemoved,
@@ -293,6 +294,14 @@ class Engine:
     def _check_relay_known(self, event: Any) -> str | None:
         return None if self.registry.knows(event.relay) else f"relay {event.relay} is not announced"
 
+    def _check_silent(self, event: PathSilent) -> str | None:
+        record = self._live(event.peer)
+        if record is None:
+            return f"peer {event.peer} is not in the mesh"
+        if record.state not in lc.CONNECTED_STATES:
+            return f"the peer has no path to lose (it is {record.state})"
+        return None
+
     def _check_announced(self, event: RelayAnnounced) -> str | None:
         if event.expires_at is not None:
             if event.expires_at <= event.at:
@@ -469,6 +478,13 @@ class Engine:
                 path=event.relay,
                 reason=f"session {event.session} via {event.relay} closed{why}",
             )
+        )
+        self._advance(record)
+
+    def _react_path_silent(self, event: PathSilent) -> None:
+        record = self.peers[event.peer]
+        self._lose_path(
+            record, f"nothing received on {record.path} for {event.silent_ms // 1000} s (transfer counters)"
         )
         self._advance(record)
 
@@ -715,6 +731,14 @@ class Engine:
         limit = self.policy.handshake_freshness_ms
         if last is None or last + limit > self.now:
             return False
+        path = record.path or ""
+        self._lose_path(
+            record, f"no handshake on {path} for {(self.now - last) // 1000} s (limit {limit // 1000} s)"
+        )
+        return True
+
+    def _lose_path(self, record: PeerRecord, reason: str) -> None:
+        """The connected peer's path stopped working: record it, release a relay session."""
         kind = "direct" if record.state == lc.DIRECT_CONNECTED else "relay"
         path = record.path or ""
         commands: list[Command] = []
@@ -726,11 +750,10 @@ class Engine:
                 peer=record.key,
                 path_kind=kind,  # type: ignore[arg-type]
                 path=path,
-                reason=f"no handshake on {path} for {(self.now - last) // 1000} s (limit {limit // 1000} s)",
+                reason=reason,
             ),
             *commands,
         )
-        return True
 
     def _upgrade_ready_at(self, record: PeerRecord) -> int | None:
         """When a fresh direct handshake may replace the relay, or None if there is none."""
@@ -933,6 +956,7 @@ _CHECKS: dict[type, Callable[[Engine, Any], str | None]] = {
     RelaySessionEstablished: Engine._check_established,
     RelaySessionFailed: Engine._check_failed,
     RelaySessionClosed: Engine._check_closed,
+    PathSilent: Engine._check_silent,
 }
 
 _REACTIONS: dict[type, Callable[[Engine, Any], None]] = {
@@ -946,6 +970,7 @@ _REACTIONS: dict[type, Callable[[Engine, Any], None]] = {
     RelaySessionEstablished: Engine._react_established,
     RelaySessionFailed: Engine._react_to_peer,
     RelaySessionClosed: Engine._react_session_closed,
+    PathSilent: Engine._react_path_silent,
     Tick: Engine._react_tick,
     StepRequested: Engine._react_step,
 }

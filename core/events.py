@@ -110,6 +110,19 @@ class DirectAttemptTimedOut(PeerEvent):
     attempt: int = attrs.field(validator=v.positive_int)
 
 
+@attrs.frozen(kw_only=True)
+class PathSilent(PeerEvent):
+    """Nothing came back on the peer's current path for `silent_ms` although we kept sending.
+
+    WireGuard renews a handshake only every two minutes, so a dead path shows in
+    the handshake age after up to 180 s; an agent watching the transfer counters
+    (`wg show dump`) knows much sooner. The engine treats it as a lost path.
+    """
+
+    TYPE = "path_silent"
+    silent_ms: int = attrs.field(validator=v.positive_int)
+
+
 # --- observations: relays ----------------------------------------------------
 
 
@@ -336,6 +349,7 @@ OBSERVATIONS: tuple[type[Event], ...] = (
     CandidatesUpdated,
     HandshakeObserved,
     DirectAttemptTimedOut,
+    PathSilent,
     RelayAnnounced,
     RelayWithdrawn,
     RelayHealthMeasured,

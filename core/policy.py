@@ -62,17 +62,17 @@ class Policy:
     name: str = attrs.field(default="natrelay", validator=v.text)
     #: direct_first: relay only after `min_direct_attempts` failed rounds;
     #: relay_first: connect through a relay at once and probe direct meanwhile.
-    mode: Mode = attrs.field(default="direct_first", validator=v.one_of("direct_first", "relay_first"))
+    mode: Mode = attrs.field(default="relay_first", validator=v.one_of("direct_first", "relay_first"))
     #: False disables relays entirely (innernet).
     relays_enabled: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     #: Failed direct rounds before a peer becomes relay-eligible (formnet: 3).
     min_direct_attempts: int = attrs.field(default=3, validator=v.non_negative_int)
     #: Base gap between two direct rounds; grows with backoff.
-    step_interval_ms: int = attrs.field(default=500, validator=v.positive_int)
+    step_interval_ms: int = attrs.field(default=1_000, validator=v.positive_int)
     #: A direct attempt without a handshake by then has failed.
-    attempt_timeout_ms: int = attrs.field(default=1000, validator=v.positive_int)
+    attempt_timeout_ms: int = attrs.field(default=11_000, validator=v.positive_int)
     #: Endpoints tried at once in one round.
-    parallel_endpoints: int = attrs.field(default=2, validator=v.positive_int)
+    parallel_endpoints: int = attrs.field(default=4, validator=v.positive_int)
     #: The gap after n failed rounds is step_interval * factor**n, capped.
     backoff_factor: float = attrs.field(default=2.0, converter=_to_float, validator=_factor)
     backoff_cap_ms: int = attrs.field(default=30_000, validator=v.positive_int)
@@ -91,7 +91,7 @@ class Policy:
     #: ...multiplied by this after each probe...
     upgrade_probe_backoff: float = attrs.field(default=2.0, converter=_to_float, validator=_factor)
     #: ...up to this cap; probing never stops.
-    upgrade_probe_cap_ms: int = attrs.field(default=60_000, validator=v.positive_int)
+    upgrade_probe_cap_ms: int = attrs.field(default=300_000, validator=v.positive_int)
     #: After this many upgrade probes the gap jumps straight to the cap (netbird: 3 ICE
     #: retries, then one per hour); 0 keeps the plain backoff.
     upgrade_probe_slow_after: int = attrs.field(default=0, validator=v.non_negative_int)

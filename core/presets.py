@@ -27,11 +27,11 @@ def innernet() -> Policy:
     latest handshake is at most 180 s old (`is_recently_connected`, WireGuard's REJECT_AFTER_TIME).
     innernet has no relay.
 
-    Mapped to: relays_enabled=False, parallel_endpoints=1, attempt_timeout 5 s, rounds back to
-    back (no backoff), private candidates first (the simulator reports the server-reflexive
-    endpoint first, the agent's local addresses after it), freshness 180 s.
-    Not reproduced: innernet stops after one pass over the candidates until the next fetch;
-    here it keeps cycling (kinder to innernet).
+    Mapped to: relays_enabled=False, parallel_endpoints=1, attempt_timeout 5 s, the first
+    rounds back to back (a pass over the candidates), then a new round about once a minute
+    (`innernet up --interval`'s 60 s fetch brings a new traversal), private candidates first
+    (the simulator reports the server-reflexive endpoint first, the agent's local addresses
+    after it), freshness 180 s.
     """
     return Policy(
         name="innernet",
@@ -40,7 +40,8 @@ def innernet() -> Policy:
         parallel_endpoints=1,
         step_interval_ms=1,
         attempt_timeout_ms=5_000,
-        backoff_factor=1.0,
+        backoff_factor=4.0,
+        backoff_cap_ms=60_000,
         backoff_jitter=0.0,
         private_candidates_first=True,
         handshake_freshness_ms=180_000,

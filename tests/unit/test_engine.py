@@ -22,6 +22,7 @@ from natrelay.core.events import (
     Event,
     HandshakeObserved,
     PathLost,
+    PathSilent,
     PeerAdded,
     PeerRemoved,
     PolicySet,
@@ -374,3 +375,15 @@ def test_handle_refuses_decisions_and_apply_refuses_impossible_ones() -> None:
             PolicySet(at=2, policy=Policy()) and PathLost(at=2, peer=P, path_kind="direct", path=A)
         )
         d.engine.apply(PathLost(at=3, peer=P, path_kind="direct", path=A))
+
+
+def test_a_silent_path_is_lost_at_once_and_a_relay_session_released() -> None:
+    d = Driver(Policy(min_direct_attempts=0))
+    d.relays("r1", "r2")
+    d.feed(PeerAdded(at=0, peer=P, candidates=(A,)))
+    d.feed(RelaySessionEstablished(at=50, peer=P, relay="r1", session="s1"))
+    reaction = d.feed(PathSilent(at=1000, peer=P, silent_ms=8000))
+    assert types(reaction) == ["path_lost", "relay_chosen"]
+    assert "nothing received on r1 for 8 s" in reaction.decisions[0].reason  # type: ignore[attr-defined]
+    assert CloseRelaySession(peer=P, relay="r1", session="s1") in reaction.commands
+    assert types(d.feed(PathSilent(at=1100, peer=P, silent_ms=8000))) == ["observation_rejected"]
