@@ -108,8 +108,12 @@ def tailscale() -> Policy:
     `pingTimeoutDuration = 5 s`, `upgradeUDPDirectInterval = 1 min`; `betterAddr` switches
     only for a clearly better path (about 1 % hysteresis).
 
+    While on DERP only, `wantFullPingLocked` re-pings every candidate at most every
+    `discoPingInterval` (5 s) as long as the peer is active (`sessionActiveTimeout = 45 s`).
+
     Mapped to: mode relay_first (DERP at once), parallel_endpoints=8, attempt timeout 5 s,
-    rounds every 5 s, upgrade probes every 60 s, 10 s switch hysteresis.
+    rounds every 5 s; while relayed, probes from 5 s doubling up to the 1-minute upgrade
+    interval (5 s pings while active, settling to once a minute); 10 s switch hysteresis.
     Not reproduced: the 6.5 s trust window needs a liveness signal every 3 s; this engine's
     liveness signal is the WireGuard handshake (renewed every 120 s, lost after 180 s), so a
     silently broken direct path is detected as late as for the other policies.
@@ -121,8 +125,8 @@ def tailscale() -> Policy:
         step_interval_ms=5_000,
         attempt_timeout_ms=5_000,
         backoff_factor=1.0,
-        upgrade_probe_interval_ms=60_000,
-        upgrade_probe_backoff=1.0,
+        upgrade_probe_interval_ms=5_000,
+        upgrade_probe_backoff=2.0,
         upgrade_probe_cap_ms=60_000,
         switch_hysteresis_ms=10_000,
     )
