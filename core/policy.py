@@ -70,7 +70,7 @@ class Policy:
     #: Base gap between two direct rounds; grows with backoff.
     step_interval_ms: int = attrs.field(default=1_000, validator=v.positive_int)
     #: A direct attempt without a handshake by then has failed.
-    attempt_timeout_ms: int = attrs.field(default=11_000, validator=v.positive_int)
+    attempt_timeout_ms: int = attrs.field(default=1_000, validator=v.positive_int)
     #: Endpoints tried at once in one round.
     parallel_endpoints: int = attrs.field(default=4, validator=v.positive_int)
     #: The gap after n failed rounds is step_interval * factor**n, capped.
@@ -87,7 +87,7 @@ class Policy:
     #: False: a relayed peer stays relayed (formnet's behaviour).
     upgrade_enabled: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     #: First gap between upgrade probes of a relayed peer...
-    upgrade_probe_interval_ms: int = attrs.field(default=2_000, validator=v.positive_int)
+    upgrade_probe_interval_ms: int = attrs.field(default=1_000, validator=v.positive_int)
     #: ...multiplied by this after each probe...
     upgrade_probe_backoff: float = attrs.field(default=2.0, converter=_to_float, validator=_factor)
     #: ...up to this cap; probing never stops.
