@@ -211,9 +211,6 @@ class Engine:
         self._transition(record, event)
         record.relays_failed = ()
         record.relay_retry_at = event.at
-        if self.policy.mode == "relay_first" and record.next_round_at is None:
-            # relay first, and "probe direct meanwhile": the first direct round starts with the relay
-            record.next_round_at = event.at
         if record.next_round_at is None:
             record.next_round_at = event.at
 
