@@ -24,6 +24,7 @@ from natrelay.core import lifecycle
 from natrelay.core.codec import DecodeError
 from natrelay.core.values import InvalidValue
 from natrelay.eventlog import EventLog, EventLogError
+from natrelay.eventlog.check import check_log
 from natrelay.eventlog.replay import rebuild, verify
 
 from .inspect_log import (
@@ -155,9 +156,21 @@ def replay(
         bool, typer.Option("--verify", help="Re-decide from the observations; exit 1 on a divergence.")
     ] = False,
     from_zero: Annotated[bool, typer.Option("--from-zero", help="Ignore snapshots.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Scan every row; list each bad one; exit 1 if any.")
+    ] = False,
 ) -> None:
-    """Rebuild every projection from the log (optionally up to a seq), or verify its decisions."""
+    """Rebuild every projection from the log (optionally up to a seq), verify its decisions, or check it."""
     with open_existing(log) as opened:
+        if check:
+            result = check_log(opened)
+            for problem in result.problems:
+                out.print(escape(printable(problem.describe())), soft_wrap=True)
+            verdict = "ok" if result.ok else f"{len(result.problems)} bad"
+            out.print(f"checked {result.rows} rows up to seq {result.last_seq}: {verdict}")
+            if not result.ok:
+                raise typer.Exit(1)
+            return
         name = choose_node(opened, node)
         started = time.perf_counter()
         if verify_:
