@@ -228,7 +228,7 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
     top = _Reader(source, data)
     name = top.get("name", Path(source).stem, _str, "a non-empty string")
     description = top.get("description", "", str, "a string")
-    duration_ms = top.get("duration_s", 3600, _ms, "seconds >= 0")
+    duration_ms = top.get("duration_s", 3_600_000, _ms, "seconds >= 0")
     peers = top.get("peers", 0, _int, "an integer >= 0")
     local = top.sub("local")
     local_nats = local.get("nat", ("port_restricted_cone",), _nats, f"a NAT type or a list of: {_NAT_NAMES}")
@@ -276,7 +276,7 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
     dyn = top.sub("dynamics")
     base = Dynamics()
     dynamics = Dynamics(
-        join_window_ms=dyn.get("join_window_s", base.join_window_ms / 1000, _ms, "seconds"),
+        join_window_ms=dyn.get("join_window_s", base.join_window_ms, _ms, "seconds"),
         lan_share=dyn.get("lan_share", base.lan_share, _fraction, "a fraction in 0..1"),
         stale_candidate_share=dyn.get(
             "stale_candidate_share", base.stale_candidate_share, _fraction, "a fraction in 0..1"
@@ -287,11 +287,11 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
         network_change_share=dyn.get(
             "network_change_share", base.network_change_share, _fraction, "a fraction in 0..1"
         ),
-        sleep_ms=dyn.get("sleep_s", base.sleep_ms / 1000, _ms, "seconds"),
+        sleep_ms=dyn.get("sleep_s", base.sleep_ms, _ms, "seconds"),
         leave_share=dyn.get("leave_share", base.leave_share, _fraction, "a fraction in 0..1"),
-        rejoin_after_ms=dyn.get("rejoin_after_s", base.rejoin_after_ms / 1000, _ms, "seconds"),
+        rejoin_after_ms=dyn.get("rejoin_after_s", base.rejoin_after_ms, _ms, "seconds"),
         candidate_report_delay_ms=dyn.get(
-            "candidate_report_delay_s", base.candidate_report_delay_ms / 1000, _ms, "seconds"
+            "candidate_report_delay_s", base.candidate_report_delay_ms, _ms, "seconds"
         ),
         active_from=dyn.get("active_from", base.active_from, _fraction, "a fraction of the run"),
         active_until=dyn.get("active_until", base.active_until, _fraction, "a fraction of the run"),

@@ -1,0 +1,248 @@
+"""`natrelay simulate`: the main job, and the side-by-side path-quality benchmark.
+
+Owns the command's options, the progress bar, the summary and comparison
+tables, the JSON report and the PNG. The simulation itself lives in
+adapters/sim_*.py; this module only runs it and shows the results.
+
+- `natrelay simulate`: the built-in `mesh` scenario with natrelay's default
+  policy on a SQLite log file, compared with the oracle; prints where the log
+  and the plot are, so `status`, `explain`, `timeline` and `replay --verify`
+  can follow.
+- `natrelay simulate --compare`: every policy (and the oracle) on the same
+  seeded scenario (default: the built-in `matrix`), one table, ratios to the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from natrelay.adapters.sim_metrics import RunMetrics
+from natrelay.adapters.sim_run import ORACLE, run_policy
+from natrelay.adapters.sim_scenario import Scenario, ScenarioError, load_scenario
+from natrelay.core.presets import PRESETS, preset
+
+DEFAULT_SEED = 7
+OUT_DIR = Path("natrelay-sim")
+
+#: (column title, metric attribute, format, lower is better)
+COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
+    ("connected\n(all)", "connectivity", "pct", False),
+    ("connected\n(possible)", "connectivity_possible", "pct", False),
+    ("ttfp p50", "ttfp_p50_s", "s", True),
+    ("ttfp p95", "ttfp_p95_s", "s", True),
+    ("ttfp p99", "ttfp_p99_s", "s", True),
+    ("to direct\np50", "ttdp_p50_s", "s", True),
+    ("to direct\np95", "ttdp_p95_s", "s", True),
+    ("relayed while\ndirect existed", "relayed_share_while_direct_possible", "pct3", True),
+    ("switches /\npeer-hour", "switches_per_peer_hour", "f2", True),
+    ("peak relay\nsessions", "peak_relay_load", "int", True),
+    ("events", "events_appended", "int", True),
+    ("wall", "wall_s", "s1", True),
+)
+
+
+def _fmt(value: float, kind: str) -> str:
+    if isinstance(value, float) and math.isinf(value):
+        return "never"
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.1f} %"
+    if kind == "pct3":
+        return f"{100 * value:.3f} %"
+    if kind == "s":
+        return f"{value:.3f} s"
+    if kind == "s1":
+        return f"{value:.1f} s"
+    if kind == "f2":
+        return f"{value:.2f}"
+    return f"{int(value):,}"
+
+
+def _ratio(value: float, oracle: float) -> str:
+    if not (math.isfinite(value) and math.isfinite(oracle)) or oracle == 0:
+        return ""
+    return f"\n[dim]x{value / oracle:.2f}[/dim]"
+
+
+def metrics_table(title: str, rows: list[RunMetrics]) -> Table:
+    """One row per policy; each cell also as a ratio to the oracle's row."""
+    oracle = next((row for row in rows if row.name == ORACLE), None)
+    table = Table(title=title, show_lines=True)
+    table.add_column("policy", style="bold")
+    for heading, _, _, _ in COLUMNS:
+        table.add_column(heading, justify="right")
+    for row in rows:
+        cells = [row.name]
+        for _, attr, kind, _ in COLUMNS:
+            value = getattr(row, attr)
+            cell = _fmt(value, kind)
+            if oracle is not None and row is not oracle and attr not in ("events_appended", "wall_s"):
+                cell += _ratio(value, getattr(oracle, attr))
+            cells.append(cell)
+        table.add_row(*cells)
+    return table
+
+
+def write_plot(rows: list[RunMetrics], path: Path, scenario: Scenario) -> Path | None:
+    """The CDF of time to first path per policy, and relay sessions over time; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (cdf, load) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for row in rows:
+        samples = sorted(s for s in row.ttfp_samples if math.isfinite(s))
+        total = len(row.ttfp_samples)
+        if samples and total:
+            ys = [(i + 1) / total for i in range(len(samples))]
+            cdf.step([max(s, 1e-3) for s in samples], ys, where="post", label=row.name)
+        series = row.relay_series
+        if series:
+            xs = [0.0] + [at / 60_000 for at, _ in series] + [scenario.duration_ms / 60_000]
+            ys2 = [0] + [level for _, level in series] + [series[-1][1]]
+            load.step(xs, ys2, where="post", label=row.name)
+    cdf.set_xscale("log")
+    cdf.set_xlabel("time to first working path (s, log)")
+    cdf.set_ylabel("share of peers with a possible path")
+    cdf.set_title("Time to first path (CDF)")
+    cdf.grid(True, alpha=0.3)
+    cdf.legend()
+    load.set_xlabel("simulated time (min)")
+    load.set_ylabel("open relay sessions")
+    load.set_title("Relay use over time")
+    load.grid(True, alpha=0.3)
+    load.legend()
+    fig.suptitle(f"natrelay simulate: {scenario.name} ({scenario.peers + len(scenario.peer_list)} peers)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _load(scenario: str | None, default: str, peers: int | None, duration: float | None) -> Scenario:
+    try:
+        loaded = load_scenario(scenario or default)
+    except ScenarioError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scenario") from None
+    return loaded.with_overrides(
+        peers=peers, duration_ms=None if duration is None else round(duration * 1000)
+    )
+
+
+def _remove_log(path: Path) -> None:
+    """The simulation writes a fresh log: remove exactly the files of a previous one."""
+    for suffix in ("", "-wal", "-shm"):
+        candidate = Path(f"{path}{suffix}")
+        if candidate.exists():
+            candidate.unlink()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `simulate` to the natrelay command line."""
+
+    @app.command()
+    def simulate(
+        compare: Annotated[
+            bool, typer.Option("--compare", help="Run every policy and the oracle; one table.")
+        ] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")] = False,
+        scenario: Annotated[
+            str | None,
+            typer.Option(
+                "--scenario", help="A .toml/.json file or built-in mesh, matrix, steady (docs/scenarios.md)."
+            ),
+        ] = None,
+        seed: Annotated[int, typer.Option("--seed", help="The seed: same seed, same log.")] = DEFAULT_SEED,
+        peers: Annotated[int | None, typer.Option("--peers", help="Override the peer count.")] = None,
+        duration: Annotated[
+            float | None, typer.Option("--duration", help="Override the simulated seconds.")
+        ] = None,
+        policy: Annotated[
+            str, typer.Option("--policy", help=f"Policy of the main run: {', '.join(PRESETS)}.")
+        ] = "natrelay",
+        out_dir: Annotated[
+            Path, typer.Option("--out", help="Where the log and the plot are written.")
+        ] = OUT_DIR,
+        plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the PNG.")] = True,
+    ) -> None:
+        """Simulate a WireGuard mesh behind NATs; --compare benchmarks every policy on it."""
+        try:
+            chosen = [preset(name) for name in PRESETS] if compare else [preset(policy)]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--policy") from None
+        loaded = _load(scenario, "matrix" if compare else "mesh", peers, duration)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = None
+        if not compare:
+            log_path = out_dir / f"{loaded.name}.db"
+            _remove_log(log_path)
+        vantages = len(loaded.local_nats)
+        total = loaded.duration_ms * vantages * (len(chosen) + 1)
+        console = Console(stderr=True)
+        rows: list[RunMetrics] = []
+        with Progress(
+            TextColumn("[bold]{task.description:<10}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=as_json or not console.is_terminal,
+        ) as progress:
+            task = progress.add_task("oracle", total=total)
+
+            def advance(ms: int) -> None:
+                progress.advance(task, ms)
+
+            rows.append(run_policy(loaded, None, seed=seed, progress=advance))
+            for item in chosen:
+                progress.update(task, description=item.name)
+                log = str(log_path) if log_path is not None else None
+                rows.append(run_policy(loaded, item, seed=seed, log=log, progress=advance))
+        png = None
+        if plot:
+            png = write_plot(rows, out_dir / f"{loaded.name}{'-compare' if compare else ''}.png", loaded)
+        if as_json:
+            report: dict[str, Any] = {
+                "scenario": loaded.name,
+                "source": loaded.source,
+                "seed": seed,
+                "peers": loaded.peers + len(loaded.peer_list),
+                "duration_s": loaded.duration_ms / 1000,
+                "policies": [row.to_json() for row in rows],
+                "log": None if log_path is None else str(log_path),
+                "plot": None if png is None else str(png),
+            }
+            sys.stdout.write(json.dumps(report, indent=2) + "\n")
+            return
+        out = Console(highlight=False, width=None if sys.stdout.isatty() else 220)
+        count = loaded.peers + len(loaded.peer_list)
+        title = (
+            f"{loaded.name}: {count} peers, {loaded.duration_ms / 60_000:.0f} simulated min, "
+            f"{vantages} local NAT type{'s' if vantages > 1 else ''}, seed {seed}"
+        )
+        out.print(metrics_table(title, rows))
+        if loaded.description:
+            out.print(f"[dim]{loaded.description} ({loaded.source})[/dim]")
+        if png is not None:
+            out.print(f"plot: {png}")
+        if log_path is not None:
+            where = log_path if vantages == 1 else out_dir / f"{loaded.name}-<local NAT>.db"
+            out.print(f"log:  {where}")
+            out.print(
+                f"next: natrelay status {where} · natrelay timeline {where} · natrelay explain {where} <peer>"
+                f" · natrelay replay {where} --verify"
+            )
