@@ -9,7 +9,27 @@ from pathlib import Path
 
 import pytest
 
+from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
+
+#: The policy the unit tests reason about, pinned so that tuning the defaults
+#: (the simulator's job) does not silently change what a test proves.
+CLASSIC = Policy(
+    name="classic-direct-first",
+    mode="direct_first",
+    step_interval_ms=500,
+    attempt_timeout_ms=1000,
+    parallel_endpoints=2,
+    upgrade_probe_interval_ms=2000,
+    upgrade_probe_cap_ms=60_000,
+)
+
+
+def policy(**changes: object) -> Policy:
+    """CLASSIC with some fields changed."""
+    import attrs
+
+    return attrs.evolve(CLASSIC, **changes)
 
 
 def make_key(index: int) -> str:

@@ -19,6 +19,15 @@ from natrelay.eventlog import EventLog
 
 DEMO_PEERS = 12
 DEMO_DURATION_MS = 10 * 60_000
+#: The demo tells the direct-first story (three failed rounds, then a relay),
+#: whatever the tuned default policy is.
+DEMO_POLICY = Policy(
+    name="demo-direct-first",
+    mode="direct_first",
+    step_interval_ms=500,
+    attempt_timeout_ms=1000,
+    parallel_endpoints=2,
+)
 
 
 def demo_key(index: int) -> str:
@@ -29,7 +38,7 @@ def demo_key(index: int) -> str:
 def run_demo(log: EventLog, *, node: str = "demo", peers: int = DEMO_PEERS) -> Node:
     """Run the demo mesh to completion on `log` and return the node."""
     network = MemoryNetwork(relays={"us-1": 90})
-    mesh = Node(log, network, node=node, policy=Policy())
+    mesh = Node(log, network, node=node, policy=DEMO_POLICY)
     mesh.observe(RelayAnnounced(at=0, relay="eu-1", region="eu", capacity=50))
     mesh.observe(RelayAnnounced(at=0, relay="us-1", region="us", capacity=50))
     mesh.observe(RelayHealthMeasured(at=0, relay="eu-1", rtt_ms=20, load=10))

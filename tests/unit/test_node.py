@@ -13,7 +13,7 @@ from natrelay.core.events import PeerAdded, RelayAnnounced, stream_of
 from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import rebuild, verify
-from tests.conftest import make_key
+from tests.conftest import make_key, policy
 
 P, Q = make_key(1), make_key(2)
 A, B = "198.51.100.1:51820", "192.168.1.2:51820"
@@ -27,7 +27,7 @@ def mesh(network: MemoryNetwork) -> None:
 def test_each_observation_is_appended_with_its_decisions_in_one_batch(sqlite_log: EventLog) -> None:
     network = MemoryNetwork()
     mesh(network)
-    node = Node(sqlite_log, network, node="n1")
+    node = Node(sqlite_log, network, node="n1", policy=policy())
     reaction = node.observe(PeerAdded(at=0, peer=P, candidates=(A, B)))
     stored = list(sqlite_log.read())
     assert [s.type for s in stored][-3:] == ["peer_added", "direct_attempt_started", "direct_attempt_started"]
@@ -44,7 +44,7 @@ def test_a_restarted_node_resumes_from_the_log_and_decides_the_same(tmp_path: Pa
         network = MemoryNetwork()
         mesh(network)
         log = EventLog.open(target, clock=lambda: 0)
-        node = Node(log, network, node="n1", policy=Policy(min_direct_attempts=2), snapshot_every=5)
+        node = Node(log, network, node="n1", policy=policy(min_direct_attempts=2), snapshot_every=5)
         node.observe(RelayAnnounced(at=0, relay="r1", region="eu"))
         node.observe(PeerAdded(at=0, peer=P, candidates=(A, B)))
         node.observe(PeerAdded(at=0, peer=Q, candidates=(A,)))
@@ -52,7 +52,7 @@ def test_a_restarted_node_resumes_from_the_log_and_decides_the_same(tmp_path: Pa
         if split:
             log.close()  # the node "crashes": only the log survives
             log = EventLog.open(target, clock=lambda: 0)
-            node = Node(log, network, node="n1", policy=Policy(min_direct_attempts=2), snapshot_every=5)
+            node = Node(log, network, node="n1", policy=policy(min_direct_attempts=2), snapshot_every=5)
         node.run_until(300_000)
         rows = [(s.stream, s.type, s.payload) for s in log.read()]
         assert verify(log, "n1").ok
@@ -66,7 +66,7 @@ def test_a_restarted_node_resumes_from_the_log_and_decides_the_same(tmp_path: Pa
 def test_snapshot_plus_tail_equals_a_full_replay(sqlite_log: EventLog) -> None:
     network = MemoryNetwork()
     mesh(network)
-    node = Node(sqlite_log, network, node="n1", policy=Policy(min_direct_attempts=1), snapshot_every=3)
+    node = Node(sqlite_log, network, node="n1", policy=policy(min_direct_attempts=1), snapshot_every=3)
     node.observe(RelayAnnounced(at=0, relay="r1", region="eu"))
     for peer in (P, Q):
         node.observe(PeerAdded(at=0, peer=peer, candidates=(A, B)))
@@ -81,7 +81,7 @@ def test_snapshot_plus_tail_equals_a_full_replay(sqlite_log: EventLog) -> None:
 def test_time_travel_gives_the_state_as_of_any_seq(sqlite_log: EventLog) -> None:
     network = MemoryNetwork()
     mesh(network)
-    node = Node(sqlite_log, network, node="n1")
+    node = Node(sqlite_log, network, node="n1", policy=policy())
     node.observe(PeerAdded(at=0, peer=P, candidates=(A, B)))
     first = sqlite_log.last_seq()
     node.run_until(10_000)
@@ -110,8 +110,8 @@ class FailingLog:
 
 def test_a_failed_append_leaves_the_engine_no_further_than_the_log(sqlite_log: EventLog) -> None:
     network = MemoryNetwork()
-    failing = FailingLog(sqlite_log, fail_after=1)
-    node = Node(failing, network, node="n1")  # type: ignore[arg-type]
+    failing = FailingLog(sqlite_log, fail_after=2)
+    node = Node(failing, network, node="n1", policy=policy())  # type: ignore[arg-type]
     node.observe(PeerAdded(at=0, peer=P, candidates=(A,)))
     committed = node.engine.state()
     executed = len(network.executed)
