@@ -10,7 +10,6 @@ from natrelay.adapters.memory import MemoryNetwork
 from natrelay.adapters.node import Node
 from natrelay.core.commands import TryDirectEndpoint
 from natrelay.core.events import PeerAdded, RelayAnnounced, stream_of
-from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import rebuild, verify
 from tests.conftest import make_key, policy
