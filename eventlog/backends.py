@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .errors import LogBusy
@@ -71,6 +71,15 @@ class Backend:
             )
             found.update(cursor.fetchall())
         return found
+
+    def fetch_page(self, sql: str, params: list[Any]) -> Callable[[Any], list[Row]]:
+        """A function of a cursor returning the rows of one page."""
+
+        def fetch(cursor: Any) -> list[Row]:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+        return fetch
 
     def page_query(
         self,
@@ -158,6 +167,14 @@ class PostgresBackend(Backend):
             dbapi.commit()
         finally:
             cursor.close()
+
+    def fetch_page(self, sql: str, params: list[Any]) -> Callable[[Any], list[Row]]:
+        def fetch(cursor: Any) -> list[Row]:
+            # Binary results: bytea arrives as is, not hex-encoded.
+            cursor.execute(sql, params, binary=True)
+            return cursor.fetchall()
+
+        return fetch
 
     def locked_last_seq(self, cursor: Any) -> int:
         # One round trip: EXCLUSIVE blocks other writers (ROW EXCLUSIVE) but

@@ -240,8 +240,9 @@ class EventLog:
             None if stream_prefixes is None else list(stream_prefixes),
         )
         after = from_seq - 1
+        fetch_page = self._backend.fetch_page
         while True:
-            page = self._with_cursor(_fetcher(sql, [after, *params, PAGE_SIZE]))
+            page = self._with_cursor(fetch_page(sql, [after, *params, PAGE_SIZE]))
             if not page:
                 return
             yield from page
@@ -336,14 +337,6 @@ class EventLog:
             return result
         finally:
             raw.close()
-
-
-def _fetcher(sql: str, params: list[Any]) -> Callable[[Any], list[Row]]:
-    def fetch(cursor: Any) -> list[Row]:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-
-    return fetch
 
 
 def _is_unique_violation(exc: Exception) -> bool:
