@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
 
 from natrelay.core.events import Event
 
@@ -171,6 +172,16 @@ class EventLog:
         if not isinstance(state, bytes | bytearray | memoryview):
             raise TypeError(f"snapshot state must be bytes, got {type(state).__name__}")
         snapshot = Snapshot(name, seq, self._clock(), state_format, bytes(state))
+        try:
+            self._insert_snapshot(snapshot)
+        except IntegrityError:  # another process saved the same one in between
+            raise SnapshotError(
+                f"snapshot {name!r} at seq {seq} exists; snapshots are never replaced"
+            ) from None
+        return snapshot
+
+    def _insert_snapshot(self, snapshot: Snapshot) -> None:
+        name, seq, state_format = snapshot.name, snapshot.seq, snapshot.format
         with self._engine.connect() as conn, conn.begin():
             last = conn.execute(select(func.max(schema.events.c.seq))).scalar()
             if not 0 <= seq <= (last or 0):
@@ -195,7 +206,6 @@ class EventLog:
                     state=snapshot.state,
                 )
             )
-        return snapshot
 
     # --- reading ---------------------------------------------------------------
 

@@ -38,12 +38,15 @@ class PgSchemas:
     """Creates throwaway schemas on the test server and drops them at the end."""
 
     def __init__(self) -> None:
+        problem = None
         try:
             self.admin = psycopg.connect(_libpq_url(PG_URL), autocommit=True, connect_timeout=5)
         except psycopg.OperationalError as exc:
+            problem = str(exc).strip()
+        if problem is not None:
             pytest.fail(
-                f"PostgreSQL is unreachable at NATRELAY_PG_URL={PG_URL!r}: {exc}".strip()
-                + "\nStart a server or point NATRELAY_PG_URL at one; these tests never skip.",
+                f"PostgreSQL is unreachable at NATRELAY_PG_URL={PG_URL!r}: {problem}"
+                "\nStart a server or point NATRELAY_PG_URL at one; these tests never skip.",
                 pytrace=False,
             )
         self.created: list[str] = []
