@@ -44,6 +44,7 @@ from .events import (
     DirectRoundFailed,
     Event,
     HandshakeObserved,
+    NatObserved,
     ObservationRejected,
     PathLost,
     PathSilent,
@@ -95,6 +96,8 @@ class Engine:
     def __init__(self, policy: Policy | None = None) -> None:
         self.policy = policy or Policy()
         self.now = 0
+        #: This node's NAT as its agent last measured it (statistics, never a decision input).
+        self.local_nat = "unknown"
         self.peers: dict[str, PeerRecord] = {}
         self.attempts = AttemptCounts()
         self.direct_cache = DirectCache(self.policy.direct_cache_size, self.policy.direct_cache_max_age_ms)
@@ -151,6 +154,7 @@ class Engine:
         record.name = event.name
         record.access = event.access
         record.preferred_region = event.preferred_region
+        record.nat_type = event.nat_type
 
     def _fold_peer_removed(self, event: PeerRemoved) -> None:
         record = self.peers[event.peer]
@@ -160,6 +164,8 @@ class Engine:
     def _fold_candidates(self, event: CandidatesUpdated) -> None:
         record = self.peers[event.peer]
         record.candidates = event.candidates
+        if event.nat_type is not None:
+            record.nat_type = event.nat_type
         if record.state in (lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
             if record.next_round_at is None or record.next_round_at > event.at:
                 record.next_round_at = event.at
@@ -182,6 +188,9 @@ class Engine:
         record.relay_pending = record.relay_deadline = None
         record.relays_failed += (event.relay,)
         record.relay_retry_at = event.at
+
+    def _fold_nat(self, event: NatObserved) -> None:
+        self.local_nat = event.nat_type
 
     def _fold_policy(self, event: PolicySet) -> None:
         self.policy = event.policy
@@ -364,10 +373,19 @@ class Engine:
         peer = getattr(observation, "peer", None)
         self._decide(ObservationRejected(at=self.now, observation=observation.TYPE, peer=peer, reason=reason))
         session = getattr(observation, "session", None)
-        if type(observation) is RelaySessionEstablished and session is not None:
+        if (
+            type(observation) is RelaySessionEstablished
+            and session is not None
+            and not self._in_use(observation)
+        ):
             self._commands.append(
                 CloseRelaySession(peer=observation.peer, relay=observation.relay, session=session)
             )
+
+    def _in_use(self, event: RelaySessionEstablished) -> bool:
+        """A duplicated report of the session the peer uses now: closing it would cut the path."""
+        record = self._live(event.peer)
+        return record is not None and (record.path, record.session) == (event.relay, event.session)
 
     def _react_peer_added(self, event: PeerAdded) -> None:
         self._advance(self.peers[event.peer])
@@ -883,6 +901,7 @@ class Engine:
         return {
             "format": SNAPSHOT_FORMAT,
             "now": self.now,
+            "local_nat": self.local_nat,
             "policy": self.policy.to_dict(),
             "peers": {key: record.to_state() for key, record in sorted(self.peers.items())},
             "attempts": self.attempts.to_state(),
@@ -897,6 +916,7 @@ class Engine:
             raise EngineError(f"unsupported snapshot format {state.get('format')!r}")
         engine = cls(Policy.from_dict(state["policy"]))
         engine.now = state["now"]
+        engine.local_nat = state["local_nat"]
         engine.peers = {key: PeerRecord.from_state(item) for key, item in state["peers"].items()}
         engine.attempts = AttemptCounts.from_state(state["attempts"])
         engine.direct_cache = DirectCache.from_state(state["direct_cache"])
@@ -930,6 +950,7 @@ _FOLDS: dict[type, Callable[[Engine, Any], None]] = {
     HandshakeObserved: Engine._fold_handshake,
     RelaySessionFailed: Engine._fold_session_failed,
     PolicySet: Engine._fold_policy,
+    NatObserved: Engine._fold_nat,
     DirectAttemptStarted: Engine._fold_attempt_started,
     DirectRoundFailed: Engine._fold_round_failed,
     RelayEligibilityReached: Engine._fold_eligible,

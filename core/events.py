@@ -25,6 +25,19 @@ Kind = Literal["observation", "decision"]
 Purpose = Literal["connect", "upgrade_probe"]
 
 
+#: NAT behaviours in RFC 4787 terms, as an agent's STUN tests classify them.
+NAT_TYPES = (
+    "unknown",
+    "none",
+    "full_cone",
+    "restricted_cone",
+    "port_restricted_cone",
+    "symmetric",
+    "firewall",
+    "udp_blocked",
+)
+
+
 def _tuple(value: object) -> object:
     return tuple(value) if isinstance(value, list) else value
 
@@ -70,6 +83,8 @@ class PeerAdded(PeerEvent):
     name: str = attrs.field(default="", validator=v.text)
     access: PeerAccess = attrs.field(default="auto", validator=v.one_of("auto", "relay_only", "direct_only"))
     preferred_region: str | None = attrs.field(default=None, validator=v.optional_identifier)
+    #: The peer's NAT as it reported it (fleet statistics only; decisions never use it).
+    nat_type: str = attrs.field(default="unknown", validator=v.one_of(*NAT_TYPES))
 
 
 @attrs.frozen(kw_only=True)
@@ -85,6 +100,10 @@ class CandidatesUpdated(PeerEvent):
 
     TYPE = "candidates_updated"
     candidates: tuple[str, ...] = attrs.field(converter=_tuple, validator=v.endpoints)
+    #: The peer's NAT now, if it changed or is known (a new network after sleep and wake).
+    nat_type: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(v.one_of(*NAT_TYPES))
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -196,6 +215,14 @@ class PolicySet(Event):
 
     TYPE = "policy_set"
     policy: Policy = attrs.field(converter=_policy, validator=attrs.validators.instance_of(Policy))
+
+
+@attrs.frozen(kw_only=True)
+class NatObserved(Event):
+    """This node's own NAT behaviour, as its agent measured it (fleet statistics only)."""
+
+    TYPE = "nat_observed"
+    nat_type: str = attrs.field(validator=v.one_of(*NAT_TYPES))
 
 
 @attrs.frozen(kw_only=True)
@@ -357,6 +384,7 @@ OBSERVATIONS: tuple[type[Event], ...] = (
     RelaySessionFailed,
     RelaySessionClosed,
     PolicySet,
+    NatObserved,
     Tick,
     StepRequested,
 )

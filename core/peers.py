@@ -27,6 +27,7 @@ class PeerRecord:
         "lost_at",
         "lost_endpoint",
         "name",
+        "nat_type",
         "next_probe_at",
         "next_round_at",
         "path",
@@ -47,6 +48,7 @@ class PeerRecord:
         self.name = ""
         self.access = "auto"
         self.preferred_region: str | None = None
+        self.nat_type = "unknown"
         self.candidates: tuple[str, ...] = ()
         self.state: str = PENDING
         self.since = since
