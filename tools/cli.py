@@ -68,11 +68,26 @@ def open_existing(location: str) -> EventLog:
 
 
 @app.command()
-def status(log: LogArg, node: NodeOpt = None, as_json: JsonOpt = False) -> None:
+def status(
+    log: LogArg,
+    node: NodeOpt = None,
+    as_json: JsonOpt = False,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Then keep watching: one line per change of state or path."),
+    ] = False,
+    poll: Annotated[float, typer.Option(help="With --follow on SQLite: seconds between polls.")] = 0.5,
+) -> None:
     """A row per peer: state, path, attempts, last handshake age, since."""
     with open_existing(log) as opened:
         name = choose_node(opened, node)
         engine, last = rebuild(opened, name)
+        _print_status(name, engine, last, as_json)
+        if follow:
+            _follow_status(opened, name, engine, last, as_json, poll)
+
+
+def _print_status(name: str, engine: Any, last: int, as_json: bool) -> None:
     rows = status_rows(engine)
     if as_json:
         print(
@@ -81,15 +96,15 @@ def status(log: LogArg, node: NodeOpt = None, as_json: JsonOpt = False) -> None:
             )
         )
         return
-    table = Table(title=f"node {escape(name)} at seq {last} (t = {seconds(engine.now)})")
+    table = Table(title=f"node {escape(printable(name))} at seq {last} (t = {seconds(engine.now)})")
     for column in ("peer", "name", "state", "path", "attempts", "handshake age", "since"):
         table.add_column(column)
     for row in rows:
         table.add_row(
             short(row.peer),
-            escape(row.name),
+            escape(printable(row.name)),
             row.state,
-            escape(row.path),
+            escape(printable(row.path)),
             str(row.attempts),
             seconds(row.handshake_age_ms),
             seconds(row.since_ms),
@@ -99,6 +114,38 @@ def status(log: LogArg, node: NodeOpt = None, as_json: JsonOpt = False) -> None:
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
     out.print(", ".join(f"{state}: {count}" for state, count in sorted(counts.items())))
+
+
+def _follow_status(opened: EventLog, name: str, engine: Any, last: int, as_json: bool, poll: float) -> None:
+    """Apply each new event of this node as it commits; print the peers whose state or path moved."""
+    from natrelay.eventlog.replay import node_view
+
+    def where(key: str) -> tuple[str, str | None]:
+        record = engine.peers.get(key)
+        return ("absent", None) if record is None else (record.state, record.path)
+
+    try:
+        for stored in opened.follow(last + 1, poll_interval=poll, **node_view(name)):
+            event = stored.decode()
+            key = getattr(event, "peer", None)
+            before = where(key) if key else None
+            engine.apply(event)
+            if key is None or where(key) == before:
+                continue
+            state, path = where(key)
+            label = engine.peers[key].name or short(key)
+            if as_json:
+                change = {"seq": stored.seq, "at_ms": event.at, "peer": key, "state": state, "path": path}
+                print(json.dumps(change), flush=True)
+            else:
+                print(
+                    f"seq {stored.seq:>7}  t={seconds(event.at):>8}  {printable(label)}: "
+                    f"{before[0] if before else '?'} -> {state}"
+                    f"{f' ({printable(path)})' if path else ''}  [{event.TYPE}]",
+                    flush=True,
+                )
+    except KeyboardInterrupt:
+        return
 
 
 @app.command()

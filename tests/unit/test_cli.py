@@ -132,3 +132,36 @@ def test_demo_writes_a_log_and_refuses_to_overwrite_one(tmp_path: Path) -> None:
     again = natrelay("demo", "--log", "d.sqlite", cwd=tmp_path)
     assert again.returncode == 2
     assert "exists" in again.stderr
+
+
+def test_status_follow_prints_each_change_as_it_is_appended(tmp_path: Path) -> None:
+    import time
+
+    from natrelay.adapters.memory import MemoryNetwork
+    from natrelay.adapters.node import Node
+    from natrelay.core.events import HandshakeObserved, PeerAdded
+    from tests.conftest import make_key, policy
+
+    path = tmp_path / "live.sqlite"
+    log = EventLog.open(str(path))
+    node = Node(log, MemoryNetwork(), node="live", policy=policy())
+    node.observe(PeerAdded(at=0, peer=make_key(1), candidates=("198.51.100.1:5",), name="web"))
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "natrelay.tools.cli", "status", str(path), "--follow", "--json", "--poll", "0.1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        first = json.loads(follower.stdout.readline())
+        assert [p["state"] for p in first["peers"]] == ["direct_trying"]
+        time.sleep(0.3)
+        node.observe(HandshakeObserved(at=50, peer=make_key(1), endpoint="198.51.100.1:5"))
+        change = json.loads(follower.stdout.readline())
+        assert change["state"] == "direct_connected"
+        assert change["path"] == "198.51.100.1:5"
+        assert change["seq"] == log.last_seq()
+    finally:
+        follower.terminate()
+        follower.wait(10)
+        log.close()
