@@ -505,12 +505,23 @@ class Engine:
 
     def _react_tick(self, event: Tick) -> None:
         timers = self._timers
+        due: list[PeerRecord] = []
         while timers and timers[0][0] <= self.now:
             at, key = heapq.heappop(timers)
             record = self.peers.get(key)
             if record is not None and record.wake_at == at:
                 record.wake_at = None
-                self._advance(record)
+                due.append(record)
+        # Key order, not wake order: a wake time is clamped to "now + 1" when it was
+        # scheduled, which an engine rebuilt from the log (after a crash) cannot know;
+        # which peers are due it does know, so both decide in the same order.
+        for record in sorted(due, key=_record_key):
+            self._advance(record)
+
+    def _react_policy(self, event: PolicySet) -> None:
+        # Timers depend on the policy (freshness, relays and upgrades allowed): recompute
+        # them as a rebuilt engine does, or the live one keeps waking at the old times.
+        self.reschedule_all()
 
     def _react_step(self, event: StepRequested) -> None:
         for key in sorted(self.peers):
@@ -943,6 +954,10 @@ def _is_public(endpoint: str) -> bool:
     return not ipaddress.ip_address(host).is_private
 
 
+def _record_key(record: PeerRecord) -> str:
+    return record.key
+
+
 _FOLDS: dict[type, Callable[[Engine, Any], None]] = {
     PeerAdded: Engine._fold_peer_added,
     PeerRemoved: Engine._fold_peer_removed,
@@ -991,4 +1006,5 @@ _REACTIONS: dict[type, Callable[[Engine, Any], None]] = {
     PathSilent: Engine._react_path_silent,
     Tick: Engine._react_tick,
     StepRequested: Engine._react_step,
+    PolicySet: Engine._react_policy,
 }
