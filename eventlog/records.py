@@ -9,7 +9,7 @@ from the codec, naming the seq.
 
 from __future__ import annotations
 
-from operator import attrgetter
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -61,26 +61,33 @@ def _nested(value: object) -> dict[str, Any]:
     raise TypeError(f"cannot encode {cls.__name__}")
 
 
-_GETTERS: dict[type[Event], tuple[tuple[str, ...], Any]] = {}
-for _cls in EVENT_TYPES.values():
-    _names = tuple(f.name for f in attrs.fields(_cls))
-    _GETTERS[_cls] = (_names, attrgetter(*_names))
+def _compile_encoder(cls: type[Event]) -> Callable[[Event], bytes]:
+    """A function building `cls`'s payload as one dict literal: twice as fast as a
+    generic walk. The names come from the class's own attrs fields."""
+    names = [field.name for field in attrs.fields(cls)]
+    assert all(name.isidentifier() for name in names)
+    entries = ", ".join(f"{name!r}: event.{name}" for name in names)
+    source = (
+        "def payload(event, dumps=dumps, default=default):\n"
+        f"    return dumps({{{entries}}}, default=default)\n"
+    )
+    namespace: dict[str, Any] = {"dumps": orjson.dumps, "default": _nested}
+    exec(source, namespace)
+    return namespace["payload"]  # type: ignore[no-any-return]
+
+
+_PAYLOAD: dict[type[Event], Callable[[Event], bytes]] = {
+    cls: _compile_encoder(cls) for cls in EVENT_TYPES.values()
+}
 
 
 def encode(event: Event) -> tuple[str, int, int, bytes]:
     """(type, schema_version, at, payload), byte for byte what `codec.encode` gives."""
-    entry = _GETTERS.get(type(event))
-    if entry is None:
+    payload = _PAYLOAD.get(type(event))
+    if payload is None:
         encoded = codec.encode(event)  # raises TypeError for an unregistered class
         return encoded.type, encoded.schema_version, encoded.at, encoded.payload
-    names, getter = entry
-    values = getter(event) if len(names) > 1 else (getter(event),)
-    return (
-        event.TYPE,
-        event.VERSION,
-        event.at,
-        orjson.dumps(dict(zip(names, values, strict=True)), default=_nested),
-    )
+    return event.TYPE, event.VERSION, event.at, payload(event)
 
 
 # --- decoding ------------------------------------------------------------------
