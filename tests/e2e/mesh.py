@@ -22,6 +22,9 @@ from natrelay.tools.topology import Topology, run
 
 #: A policy fast enough for tests: short timeouts, quick rounds and upgrade probes.
 E2E_POLICY = {
+    # The scenarios are about the fallback story (direct first, relay after the
+    # direct rounds fail), so they pin the mode whatever the tuned default is.
+    "mode": "direct_first",
     "min_direct_attempts": 2,
     "attempt_timeout_ms": 1000,
     "step_interval_ms": 300,
