@@ -42,6 +42,7 @@ from natrelay.core.events import (
     CandidatesUpdated,
     Event,
     HandshakeObserved,
+    NatObserved,
     PeerAdded,
     PeerRemoved,
     RelayAnnounced,
@@ -250,6 +251,8 @@ class SimNetwork:
         self._oracle_gen: dict[str, int] = {}
         self.by_name: dict[str, SimPeer] = {}
         self._build(peer_indexes)
+        # what this node's agent measured of its own NAT (fleet statistics in the log)
+        self._emit(NatObserved(at=0, nat_type=local_name))
 
     # ------------------------------------------------------------ building
 
@@ -538,7 +541,11 @@ class SimNetwork:
         if acc.first_join_at is None:
             acc.first_join_at = at
             acc.possible_at_join = acc.possible
-        self._emit(PeerAdded(at=at, peer=peer.key, candidates=peer.candidates(), name=peer.name))
+        self._emit(
+            PeerAdded(
+                at=at, peer=peer.key, candidates=peer.candidates(), name=peer.name, nat_type=peer.nat_name
+            )
+        )
         self._oracle_choose(peer, at)
 
     def _on_leave(self, at: int, payload: tuple[str, str | None]) -> None:
@@ -603,7 +610,9 @@ class SimNetwork:
             return
         peer.known_reflexive = peer.reflexive
         if peer.present:
-            self._emit(CandidatesUpdated(at=at, peer=key, candidates=peer.candidates()))
+            self._emit(
+                CandidatesUpdated(at=at, peer=key, candidates=peer.candidates(), nat_type=peer.nat_name)
+            )
 
     def _on_handshake(self, at: int, payload: tuple[str, str, int, bool]) -> None:
         key, endpoint, token, roaming = payload
