@@ -36,18 +36,20 @@ def follow(
     with _waiter(log, poll_interval) as wait:
         after = from_seq - 1
         while not stopped.is_set():
-            # Reading after LISTEN is in place: a commit between the read and
-            # the wait still leaves a notification to wake us.
-            caught_up = True
-            for stored in log.read(after + 1, streams=streams, stream_prefixes=stream_prefixes):
+            # Everything up to the log's last seq is committed and visible (the
+            # gap rule), so after reading up to `top` no row <= top can appear;
+            # with stream filters this also keeps a poll from rescanning
+            # unrelated events. A commit after last_seq() (LISTEN is already in
+            # place) leaves a notification that ends the next wait at once.
+            top = log.last_seq()
+            if top <= after:
+                wait(stopped)
+                continue
+            for stored in log.read(after + 1, top, streams, stream_prefixes):
                 yield stored
-                after = stored.seq
-                caught_up = False
                 if stopped.is_set():
                     return
-            if caught_up:
-                # With stream filters the log may have grown without us seeing it.
-                wait(stopped)
+            after = top
 
 
 @contextlib.contextmanager
