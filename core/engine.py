@@ -37,6 +37,7 @@ from .commands import (
 )
 from .direct_cache import DirectCache
 from .events import (
+    KNOWN_CAPABILITIES,
     CandidatesUpdated,
     DirectAttemptStarted,
     DirectAttemptTimedOut,
@@ -251,7 +252,8 @@ class Engine:
         record.relay_pending = record.relay_deadline = record.relay_retry_at = None
         record.next_round_at = None
         record.probes_done = 0
-        record.next_probe_at = event.at + self.policy.probe_gap_ms(0)
+        on_relay = self.policy.upgrade_probe_on_relay
+        record.next_probe_at = event.at if on_relay else event.at + self.policy.probe_gap_ms(0)
 
     def _fold_direct_path(self, event: DirectPathSelected | PathUpgraded) -> None:
         record = self.peers[event.peer]
@@ -309,6 +311,9 @@ class Engine:
         return None
 
     def _check_announced(self, event: RelayAnnounced) -> str | None:
+        unknown = event.capabilities & ~KNOWN_CAPABILITIES
+        if unknown:
+            return f"announcement of {event.relay} claims unknown capability bits {unknown:#x}"
         if event.expires_at is not None:
             if event.expires_at <= event.at:
                 return f"announcement of {event.relay} expired at {event.expires_at}"
@@ -610,6 +615,26 @@ class Engine:
             return self._step_relay(record)
         if state == lc.RELAY_CONNECTED:
             if self._path_stale(record):
+                return True
+            if (
+                round_ is not None
+                and round_.purpose == "connect"
+                and policy.upgrade_probe_on_relay
+                and self.upgrades_allowed(record)
+                and record.next_probe_at is not None
+                and record.next_probe_at <= now
+            ):
+                self._decide(
+                    DirectRoundFailed(
+                        at=now,
+                        peer=key,
+                        attempt=round_.attempt,
+                        endpoints=round_.endpoints,
+                        purpose="connect",
+                        reason="no handshake yet, and the peer is relayed now: "
+                        "a probe over the session replaces this round",
+                    )
+                )
                 return True
             if (
                 self.upgrades_allowed(record)

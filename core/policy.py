@@ -88,6 +88,11 @@ class Policy:
     upgrade_enabled: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     #: First gap between upgrade probes of a relayed peer...
     upgrade_probe_interval_ms: int = attrs.field(default=1_000, validator=v.positive_int)
+    #: Probe once as soon as a relay session is up, before the regular interval: the
+    #: WireGuard session now exists, so a direct probe is one round trip, and a peer whose
+    #: first direct handshake was lost need not wait for the next round (an open connect
+    #: round gives way to it).
+    upgrade_probe_on_relay: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     #: ...multiplied by this after each probe...
     upgrade_probe_backoff: float = attrs.field(default=2.0, converter=_to_float, validator=_factor)
     #: ...up to this cap; probing never stops.

@@ -22,6 +22,7 @@ CLASSIC = Policy(
     parallel_endpoints=2,
     upgrade_probe_interval_ms=2000,
     upgrade_probe_cap_ms=60_000,
+    upgrade_probe_on_relay=False,
 )
 
 

@@ -387,3 +387,15 @@ def test_a_silent_path_is_lost_at_once_and_a_relay_session_released() -> None:
     assert "nothing received on r1 for 8 s" in reaction.decisions[0].reason  # type: ignore[attr-defined]
     assert CloseRelaySession(peer=P, relay="r1", session="s1") in reaction.commands
     assert types(d.feed(PathSilent(at=1100, peer=P, silent_ms=8000))) == ["observation_rejected"]
+
+
+def test_a_peer_probes_at_once_when_its_relay_comes_up_and_drops_the_stale_round() -> None:
+    d = Driver(policy(mode="relay_first", upgrade_probe_on_relay=True))
+    d.relays("r1")
+    d.feed(PeerAdded(at=0, peer=P, candidates=(A,)))
+    reaction = d.feed(RelaySessionEstablished(at=80, peer=P, relay="r1", session="s1"))
+    assert types(reaction) == ["relay_path_selected", "direct_round_failed", "direct_attempt_started"]
+    probe = reaction.decisions[-1]
+    assert probe.purpose == "upgrade_probe" and probe.at == 80  # type: ignore[attr-defined]
+    assert "replaces this round" in reaction.decisions[1].reason  # type: ignore[attr-defined]
+    assert types(d.feed(HandshakeObserved(at=110, peer=P, endpoint=A))) == ["path_upgraded"]
