@@ -445,7 +445,13 @@ class Engine:
     def _react_relay_announced(self, event: RelayAnnounced) -> None:
         for key in sorted(self.peers):
             record = self.peers[key]
-            if record.state == lc.RELAY_ELIGIBLE and record.relay_pending is None:
+            # Only peers that may use a relay: for them the retry leads to a decision
+            # (chosen or unavailable) whose fold sets relay_retry_at again, so replay agrees.
+            if (
+                record.state == lc.RELAY_ELIGIBLE
+                and record.relay_pending is None
+                and self.relays_allowed(record)
+            ):
                 record.relay_retry_at = self.now
                 self._advance(record)
 

@@ -1,0 +1,74 @@
+"""Bugs the fuzzer found, each pinned as the shrunk scenario that exposed it.
+
+Every test runs the steps through the fuzzing harness and checks all the
+invariants after each one, so each would fail on the engine before its fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from natrelay.adapters.fuzzing import PEERS, Harness
+from natrelay.core import events as E
+from natrelay.core import lifecycle as lc
+from natrelay.core.policy import Policy
+
+PEER = PEERS[0]
+ENDPOINT = "10.0.0.1:51820"
+
+
+def _checked(harness: Harness, *steps: E.Event | dict[str, object]) -> Harness:
+    harness.check()
+    for step in steps:
+        if isinstance(step, dict):
+            harness.run(step)
+        else:
+            harness.observe(step)
+        harness.check()
+    return harness
+
+
+def test_a_duplicated_session_report_does_not_close_the_session_in_use(tmp_path: Path) -> None:
+    harness = _checked(
+        Harness(tmp_path, Policy(min_direct_attempts=0, relay_retry_ms=2_000)),
+        E.RelayAnnounced(at=0, relay="relay-a", region="eu"),
+        E.PeerAdded(at=0, peer=PEER),
+        E.RelaySessionEstablished(at=0, peer=PEER, relay="relay-a", session="s1"),
+        E.RelaySessionEstablished(at=0, peer=PEER, relay="relay-a", session="s1"),
+    )
+    assert harness.engine.peers[PEER].state == lc.RELAY_CONNECTED
+    assert harness.world.sessions[PEER] == {("relay-a", "s1")}
+
+
+def test_a_relay_only_peer_never_takes_a_direct_path(tmp_path: Path) -> None:
+    harness = _checked(
+        Harness(tmp_path, Policy()),
+        E.PeerAdded(at=0, peer=PEER, candidates=(ENDPOINT,), access="relay_only"),
+        E.HandshakeObserved(at=0, peer=PEER, endpoint=ENDPOINT),
+    )
+    assert harness.engine.peers[PEER].state != lc.DIRECT_CONNECTED
+
+
+def test_a_peer_with_nothing_to_try_does_not_wake_the_engine_every_millisecond(tmp_path: Path) -> None:
+    harness = _checked(
+        Harness(tmp_path, Policy(min_direct_attempts=0, relay_retry_ms=2_000)),
+        E.PeerAdded(at=0, peer=PEER),
+        {"op": "advance", "by": 1},
+        {"op": "advance", "by": 5_000},
+    )
+    assert harness.engine.next_deadline() is None or harness.engine.next_deadline() > 1
+
+
+def test_a_second_snapshot_at_the_same_seq_is_not_an_error(tmp_path: Path) -> None:
+    _checked(Harness(tmp_path, Policy()), {"op": "snapshot"}, {"op": "snapshot"}, {"op": "restart"})
+
+
+def test_a_relay_announced_to_a_direct_only_eligible_peer_changes_nothing_replay_cannot_see(
+    tmp_path: Path,
+) -> None:
+    _checked(
+        Harness(tmp_path, Policy(min_direct_attempts=0, relay_retry_ms=2_000)),
+        E.PeerAdded(at=0, peer=PEER),
+        E.PeerAdded(at=0, peer=PEER, access="direct_only"),
+        E.RelayAnnounced(at=0, relay="relay-a", region="eu"),
+    )
