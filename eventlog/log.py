@@ -41,18 +41,20 @@ class _StreamHeads:
 
     Valid only while the log's last seq is still `last_seq` (checked under the
     write lock): then no one else has appended since, and no stream moved.
-    Saves looking every stream of a batch up in the database.
+    Saves looking every stream of a batch up in the database. `complete`: every
+    stream of the log is in `versions` (this object saw the log empty and has
+    written all of it), so a stream not there is at version 0.
     """
 
-    __slots__ = ("last_seq", "versions")
+    __slots__ = ("complete", "last_seq", "versions")
 
     def __init__(self) -> None:
+        self.forget()
+
+    def forget(self, *, complete: bool = False) -> None:
         self.last_seq = -1
         self.versions: dict[str, int] = {}
-
-    def forget(self) -> None:
-        self.last_seq = -1
-        self.versions = {}
+        self.complete = complete
 
 
 def wall_clock_ms() -> int:
@@ -128,22 +130,24 @@ class EventLog:
             with backend.writing(raw.driver_connection) as cursor:
                 last = backend.locked_last_seq(cursor)
                 if last != heads.last_seq:
-                    heads.forget()  # someone else appended: the cache may be stale
+                    # Someone else appended: the cache may be stale. An empty
+                    # log, though, is fully known: every stream is at 0.
+                    heads.forget(complete=last == 0)
                 versions = heads.versions
-                missing = [stream for stream in streams if stream not in versions]
+                missing = [] if heads.complete else [s for s in streams if s not in versions]
                 if missing:
                     found = backend.versions(cursor, missing)
                     for stream in missing:
                         versions[stream] = found.get(stream, 0)
                 for stream, want in expected.items():
-                    have = versions[stream]
+                    have = versions.get(stream, 0)
                     if have != want:
                         raise ConcurrencyError(stream, want, have)
                 rows: list[Row] = []
                 seq = last
                 for stream, type_name, schema_version, at, payload in encoded:
                     seq += 1
-                    version = versions[stream] + 1
+                    version = versions.get(stream, 0) + 1
                     versions[stream] = version
                     rows.append(
                         (seq, stream, version, type_name, schema_version, at, recorded, payload)
