@@ -55,6 +55,7 @@ from ..core.events import (
     DirectRoundFailed,
     Event,
     HandshakeObserved,
+    InputRejected,
     PeerAdded,
     PeerRemoved,
     PolicySet,
@@ -68,6 +69,7 @@ from ..core.events import (
 )
 from ..eventlog import ConcurrencyError, EventLog
 from ..eventlog.replay import node_view, rebuild
+from . import intake
 from .agent_config import AgentConfig
 from .rendezvous import Rendezvous, latest_relay_address
 from .turn_relay import TurnCredentials, TurnError, TurnSession
@@ -171,13 +173,18 @@ class Agent:
     def _await_candidates(self, peers: list[str]) -> dict[str, tuple[str, ...]]:
         """Candidates new peers published, waiting up to `startup_wait` s for those not yet."""
         found: dict[str, tuple[str, ...]] = {}
+        rejected: set[int] = set()
         deadline = time.monotonic() + self.startup_wait
         while True:
             for record in self.rendezvous.poll(self.me, 0):
                 if record.kind == "candidates" and record.sender in peers:
-                    with contextlib.suppress(v.InvalidValue):
-                        found[record.sender] = tuple(
-                            v.parse_endpoint(e) for e in record.payload.get("candidates", ()))
+                    update = self._published_candidates(record, ())
+                    if isinstance(update, InputRejected):
+                        if record.seq not in rejected:
+                            rejected.add(record.seq)
+                            self._pending.append(update)  # recorded at the first step
+                    else:
+                        found[record.sender] = update.candidates
             if len(found) == len(peers) or time.monotonic() >= deadline:
                 return found
             time.sleep(0.05)
@@ -519,17 +526,13 @@ class Agent:
         for record in records:
             if record.kind == "candidates" and record.sender in self.engine.peers:
                 spec = self.config.peer(record.sender)
-                known = spec.endpoints if spec else ()
-                published = tuple(record.payload.get("candidates", ()))
-                try:
-                    merged = tuple(dict.fromkeys(known + tuple(
-                        v.parse_endpoint(e) for e in published)))
-                except v.InvalidValue:
+                update = self._published_candidates(record, spec.endpoints if spec else ())
+                if isinstance(update, InputRejected):
+                    self.feed(update)  # recorded, and the node goes on
                     continue
                 peer = self.engine.peers[record.sender]
-                if merged != peer.candidates and peer.state != lc.REMOVED:
-                    self.feed(CandidatesUpdated(at=self.now(), peer=record.sender,
-                                                candidates=merged))
+                if update.candidates != peer.candidates and peer.state != lc.REMOVED:
+                    self.feed(update)
         for peer in {r.sender for r in records if r.recipient == self.me}:
             latest = latest_relay_address(self._rv_records, peer)
             current = self._remote.get(peer)
@@ -542,6 +545,16 @@ class Agent:
             for (p, _relay), session in self._sessions.items():
                 if p == peer and session.remote is not None:
                     self._spawn(self._rebind(session, latest.payload["address"]))
+
+    def _published_candidates(self, record: Any, known: tuple[str, ...]
+                              ) -> CandidatesUpdated | InputRejected:
+        """The candidates a rendezvous record publishes (after the configured ones), or their refusal."""
+        payload = record.payload if isinstance(record.payload, dict) else {}
+        published = payload.get("candidates", ())
+        if not isinstance(published, list):
+            published = [published]
+        return intake.candidates_updated(self.now(), "rendezvous", peer=record.sender,
+                                         candidates=list(known) + published)
 
     async def _rebind(self, session: TurnSession, remote: str) -> None:
         try:

@@ -32,6 +32,7 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,13 @@ class CredentialSource:
     file: str | None = None
 
     def load(self) -> TurnCredentials:
-        return TurnCredentials.from_env_or_file(
-            username_env=self.username_env, password_env=self.password_env, file=self.file)
+        """The credentials; a missing or unreadable file is a `ConfigError` naming it (never its text)."""
+        try:
+            return TurnCredentials.from_env_or_file(
+                username_env=self.username_env, password_env=self.password_env, file=self.file
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot read the credential file {self.file}: {exc.strerror}") from None
 
 
 @attrs.frozen
@@ -93,79 +99,198 @@ class AgentConfig:
         return next((r for r in self.relays if r.server.relay_id == relay_id), None)
 
 
+#: Keys a config file may hold, at the top and in each table (a typo is an error, not ignored).
+_TOP_KEYS = {
+    "node",
+    "persistent_keepalive",
+    "advertise_reflexive",
+    "candidates",
+    "credentials",
+    "policy",
+    "peers",
+    "relays",
+}
+_PEER_KEYS = {"name", "public_key", "allowed_ips", "endpoints", "access", "preferred_region"}
+_RELAY_KEYS = {"id", "url", "region", "credentials"}
+_CREDENTIAL_KEYS = {"username_env", "password_env", "file"}
+
+
+def _kind(value: object) -> str:
+    return {
+        dict: "a table",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
+
+
+def _fail(where: str, expected: str, value: object = None, *, show: bool = True) -> ConfigError:
+    """`<file>: <key>: expected ..., got ...` (the value shown only when it is no secret)."""
+    got = f", got {_kind(value)}" if not show else f", got {value!r}"
+    return ConfigError(f"{where}: expected {expected}{got}")
+
+
+def _table(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, "a table", value, show=False)
+    return value
+
+
+def _array(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(where, "an array", value, show=False)
+    return value
+
+
+def _known_keys(data: dict[str, Any], allowed: set[str], where: str, hint: str = "") -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (expected one of {', '.join(sorted(allowed))}){hint}"
+        )
+
+
+def _string(data: dict[str, Any], key: str, where: str, default: str | None = None) -> str | None:
+    value = data.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise _fail(f"{where}.{key}", "a string", value, show=False)
+    return value
+
+
+def _checked(value: object, where: str, problem: str | None, expected: str) -> None:
+    if problem is not None:
+        raise ConfigError(f"{where}: expected {expected}: {problem}")
+
+
 def _credentials(data: Any, where: str, default: CredentialSource) -> CredentialSource:
     if data is None:
         return default
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table")
-    unknown = set(data) - {"username_env", "password_env", "file"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (passwords never go here: "
-                          "name an environment variable or a file)")
+    table = _table(data, where)
+    _known_keys(
+        table, _CREDENTIAL_KEYS, where, " (passwords never go here: name an environment variable or a file)"
+    )
     return CredentialSource(
-        username_env=data.get("username_env", default.username_env),
-        password_env=data.get("password_env", default.password_env),
-        file=data.get("file", default.file))
+        username_env=_string(table, "username_env", where, default.username_env),
+        password_env=_string(table, "password_env", where, default.password_env),
+        file=_string(table, "file", where, default.file),
+    )
 
 
 def _endpoints(values: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(values, list):
-        raise ConfigError(f"{where}: expected a list of ip:port")
+    endpoints = _array(values, where)
+    if len(endpoints) > v.MAX_CANDIDATES:
+        raise ConfigError(f"{where}: expected at most {v.MAX_CANDIDATES} endpoints, got {len(endpoints)}")
+    parsed = []
+    for i, endpoint in enumerate(endpoints):
+        try:
+            parsed.append(v.parse_endpoint(endpoint))
+        except v.InvalidValue as exc:
+            raise ConfigError(
+                f"{where}[{i}]: expected ip:port or [ipv6]:port, got {endpoint!r}: {exc}"
+            ) from None
+    return tuple(dict.fromkeys(parsed))
+
+
+def _peer(raw: Any, where: str) -> PeerSpec:
+    table = _table(raw, where)
+    _known_keys(table, _PEER_KEYS, where)
+    key = table.get("public_key")
+    _checked(key, f"{where}.public_key", v.public_key_problem(key), "a WireGuard public key")
+    allowed = _array(table.get("allowed_ips", []), f"{where}.allowed_ips")
+    for i, cidr in enumerate(allowed):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except (TypeError, ValueError):
+            raise _fail(f"{where}.allowed_ips[{i}]", "a CIDR such as 10.0.0.2/32", cidr) from None
+    access = table.get("access", "auto")
+    if access not in ("auto", "relay_only", "direct_only"):
+        raise _fail(f"{where}.access", "one of auto, relay_only, direct_only", access)
+    name = _string(table, "name", where, key[:8])
+    assert name is not None
+    if len(name) > 200 or not name.isprintable():
+        raise ConfigError(f"{where}.name: expected at most 200 printable characters")
+    region = table.get("preferred_region")
+    if region is not None:
+        _checked(region, f"{where}.preferred_region", v.identifier_problem(region), "a region id")
+    return PeerSpec(
+        name=name,
+        public_key=key,
+        allowed_ips=tuple(allowed),
+        endpoints=_endpoints(table.get("endpoints", []), f"{where}.endpoints"),
+        access=access,
+        preferred_region=region,
+    )
+
+
+def _relay(raw: Any, where: str, default_creds: CredentialSource) -> RelaySpec:
+    table = _table(raw, where)
+    _known_keys(table, _RELAY_KEYS, where)
+    relay_id = table.get("id")
+    _checked(relay_id, f"{where}.id", v.identifier_problem(relay_id), "a relay id")
+    url = _string(table, "url", where)
+    if url is None:
+        raise ConfigError(f"{where}.url: expected a turn:host:port URL, got nothing")
+    region = _string(table, "region", where, "default")
+    _checked(region, f"{where}.region", v.identifier_problem(region), "a region id")
     try:
-        return tuple(v.parse_endpoint(e) for e in values)
-    except v.InvalidValue as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        server = TurnServer.from_url(relay_id, url, region=str(region))
+    except TurnError as exc:
+        raise ConfigError(f"{where}.url: expected turn:host[:port][?transport=udp]: {exc}") from None
+    if not 1 <= server.port <= 65535:
+        raise _fail(f"{where}.url", "a port in 1-65535", server.port)
+    return RelaySpec(server, _credentials(table.get("credentials"), f"{where}.credentials", default_creds))
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
-    """Validate a parsed TOML document."""
+    """Validate a parsed TOML document; a `ConfigError` names `source`, the key and what was expected."""
+    _known_keys(data, _TOP_KEYS, source)
     node = data.get("node")
-    if v.identifier_problem(node):
-        raise ConfigError(f"{source}: node: {v.identifier_problem(node)}")
-    default_creds = _credentials(data.get("credentials"), f"{source}: [credentials]",
-                                 CredentialSource())
-    peers = []
-    for i, raw in enumerate(data.get("peers", [])):
-        where = f"{source}: peers[{i}]"
-        key = raw.get("public_key")
-        problem = v.public_key_problem(key)
-        if problem:
-            raise ConfigError(f"{where}.public_key: {problem}")
-        allowed = raw.get("allowed_ips", [])
-        if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
-            raise ConfigError(f"{where}.allowed_ips: expected a list of CIDR strings")
-        access = raw.get("access", "auto")
-        if access not in ("auto", "relay_only", "direct_only"):
-            raise ConfigError(f"{where}.access: {access!r} is not auto/relay_only/direct_only")
-        peers.append(PeerSpec(
-            name=str(raw.get("name", key[:8])), public_key=key, allowed_ips=tuple(allowed),
-            endpoints=_endpoints(raw.get("endpoints", []), f"{where}.endpoints"),
-            access=access, preferred_region=raw.get("preferred_region")))
-    relays = []
-    for i, raw in enumerate(data.get("relays", [])):
-        where = f"{source}: relays[{i}]"
-        relay_id = raw.get("id")
-        if v.identifier_problem(relay_id):
-            raise ConfigError(f"{where}.id: {v.identifier_problem(relay_id)}")
-        try:
-            server = TurnServer.from_url(relay_id, str(raw.get("url", "")),
-                                         region=str(raw.get("region", "default")))
-        except TurnError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        relays.append(RelaySpec(server, _credentials(raw.get("credentials"),
-                                                     f"{where}.credentials", default_creds)))
+    _checked(node, f"{source}: node", v.identifier_problem(node), "a node name")
+    default_creds = _credentials(data.get("credentials"), f"{source}: credentials", CredentialSource())
+    peers = [
+        _peer(raw, f"{source}: peers[{i}]")
+        for i, raw in enumerate(_array(data.get("peers", []), f"{source}: peers"))
+    ]
+    seen: dict[str, int] = {}
+    for i, peer in enumerate(peers):
+        if peer.public_key in seen:
+            raise ConfigError(
+                f"{source}: peers[{i}].public_key: expected a key not used before, "
+                f"got the key of peers[{seen[peer.public_key]}]"
+            )
+        seen[peer.public_key] = i
+    relays = [
+        _relay(raw, f"{source}: relays[{i}]", default_creds)
+        for i, raw in enumerate(_array(data.get("relays", []), f"{source}: relays"))
+    ]
+    ids = [r.server.relay_id for r in relays]
+    for i, relay_id in enumerate(ids):
+        if relay_id in ids[:i]:
+            raise ConfigError(
+                f"{source}: relays[{i}].id: expected an id not used before, got {relay_id!r} again"
+            )
+    policy_table = _table(data.get("policy", {}), f"{source}: policy")
     try:
-        policy = Policy.from_dict(data.get("policy", {}))
-    except (v.InvalidValue, TypeError) as exc:
-        raise ConfigError(f"{source}: [policy]: {exc}") from None
+        policy = Policy.from_dict(policy_table)
+    except (v.InvalidValue, TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: policy: {exc}") from None
     keepalive = data.get("persistent_keepalive", 1)
-    if not isinstance(keepalive, int) or not 1 <= keepalive <= 65535:
-        raise ConfigError(f"{source}: persistent_keepalive must be 1-65535 seconds")
+    if type(keepalive) is not int or not 1 <= keepalive <= 65535:
+        raise _fail(f"{source}: persistent_keepalive", "an integer of seconds in 1-65535", keepalive)
+    advertise = data.get("advertise_reflexive", True)
+    if not isinstance(advertise, bool):
+        raise _fail(f"{source}: advertise_reflexive", "true or false", advertise)
     return AgentConfig(
-        node=node, peers=tuple(peers), relays=tuple(relays), policy=policy,  # type: ignore[arg-type]
+        node=node,
+        peers=tuple(peers),
+        relays=tuple(relays),
+        policy=policy,  # type: ignore[arg-type]
         persistent_keepalive=keepalive,
-        advertise_reflexive=bool(data.get("advertise_reflexive", True)),
-        extra_candidates=_endpoints(data.get("candidates", []), f"{source}: candidates"))
+        advertise_reflexive=advertise,
+        extra_candidates=_endpoints(data.get("candidates", []), f"{source}: candidates"),
+    )
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -79,7 +79,7 @@ class PeerAdded(PeerEvent):
     """The mesh gained a peer (or a removed peer came back)."""
 
     TYPE = "peer_added"
-    candidates: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=v.endpoints)
+    candidates: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=v.candidates)
     name: str = attrs.field(default="", validator=v.text)
     access: PeerAccess = attrs.field(default="auto", validator=v.one_of("auto", "relay_only", "direct_only"))
     preferred_region: str | None = attrs.field(default=None, validator=v.optional_identifier)
@@ -99,7 +99,7 @@ class CandidatesUpdated(PeerEvent):
     """The peer's candidate endpoints changed (new reflexive address, new LAN)."""
 
     TYPE = "candidates_updated"
-    candidates: tuple[str, ...] = attrs.field(converter=_tuple, validator=v.endpoints)
+    candidates: tuple[str, ...] = attrs.field(converter=_tuple, validator=v.candidates)
     #: The peer's NAT now, if it changed or is known (a new network after sleep and wake).
     nat_type: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(v.one_of(*NAT_TYPES))
@@ -151,7 +151,8 @@ class RelayAnnounced(RelayEvent):
 
     TYPE = "relay_announced"
     region: str = attrs.field(validator=v.identifier)
-    #: Capability bits (bit 0: IPv4, bit 1: IPv6, bit 2: TCP, bit 3: high bandwidth).
+    #: Capability bits (bit 0: IPv4, bit 1: IPv6, bit 2: TCP, bit 3: high bandwidth); the
+    #: engine rejects an announcement claiming any other bit (KNOWN_CAPABILITIES).
     capabilities: int = attrs.field(default=0, validator=v.non_negative_int)
     #: Sessions the relay accepts at most.
     capacity: int = attrs.field(default=100, validator=v.positive_int)
@@ -207,6 +208,25 @@ class RelaySessionClosed(PeerEvent):
 
 
 # --- observations: the node --------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class InputRejected(Event):
+    """Outside input (a config entry, a rendezvous record, a relay announcement) was refused.
+
+    The shell records what it could not even turn into an observation: an
+    invalid public key, a bad endpoint, too many candidates. `subject` is the
+    offending value as received (shortened), `reason` says what is wrong. The
+    engine answers it with no decision and no state change: it is a fact for
+    `timeline`, `replay --check` and the operator, and a replay re-decides it
+    to nothing, so `verify` is unaffected. It lives in the node's stream.
+    """
+
+    TYPE = "input_rejected"
+    #: Where it came from: "config", "rendezvous", "relay_announcement", ...
+    source: str = attrs.field(validator=v.identifier)
+    subject: str = attrs.field(default="", validator=v.text)
+    reason: str = attrs.field(validator=v.text)
 
 
 @attrs.frozen(kw_only=True)
@@ -370,6 +390,9 @@ class ObservationRejected(Event):
     reason: str = attrs.field(default="", validator=v.text)
 
 
+#: The capability bits natrelay knows (see RelayAnnounced.capabilities).
+KNOWN_CAPABILITIES = 0b1111
+
 OBSERVATIONS: tuple[type[Event], ...] = (
     PeerAdded,
     PeerRemoved,
@@ -387,6 +410,7 @@ OBSERVATIONS: tuple[type[Event], ...] = (
     NatObserved,
     Tick,
     StepRequested,
+    InputRejected,
 )
 DECISIONS: tuple[type[Event], ...] = (
     DirectAttemptStarted,

@@ -17,6 +17,8 @@ from typing import Any
 
 MAX_TIME_MS = 2**62
 MAX_ID_LENGTH = 128
+#: A peer's candidate endpoints, at most (innernet's cap: more is an error, not truncated).
+MAX_CANDIDATES = 10
 
 
 class InvalidValue(ValueError):
@@ -146,6 +148,14 @@ def endpoints(instance: Any, attribute: Any, value: object) -> None:
         _raise(attribute, item, endpoint_problem(item))
     if len(set(value)) != len(value):
         raise InvalidValue(f"{attribute.name}: duplicate endpoints in {value!r}")
+
+
+def candidates(instance: Any, attribute: Any, value: object) -> None:
+    """attrs validator: distinct canonical endpoints, at most MAX_CANDIDATES of them."""
+    endpoints(instance, attribute, value)
+    assert isinstance(value, tuple)
+    if len(value) > MAX_CANDIDATES:
+        raise InvalidValue(f"{attribute.name}: {len(value)} endpoints, at most {MAX_CANDIDATES} allowed")
 
 
 def identifier(instance: Any, attribute: Any, value: object) -> None:

@@ -8,8 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from natrelay.core.events import (
+    CandidatesUpdated,
+    Event,
+    HandshakeObserved,
+    PeerAdded,
+    PolicySet,
+    RelayAnnounced,
+    RelaySessionFailed,
+    stream_of,
+)
+from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
-from natrelay.tools.demo import run_demo
+from tests.conftest import make_key
 
 
 def natrelay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -21,10 +32,31 @@ def natrelay(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def small_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 4-peer demo mesh (never modified: tests copy it)."""
+    """A fixed log of node `demo` with a known layout (never modified: tests copy it).
+
+    Seqs 1-3: the policy and two relay announcements; then 4 rows per peer i
+    (0-9), all in the peer's stream: seq 4+4i peer_added, 5+4i
+    handshake_observed, 6+4i relay_session_failed, 7+4i candidates_updated.
+    Observations only, so the layout does not depend on what the engine decides.
+    """
     path = tmp_path_factory.mktemp("reliability") / "small.sqlite"
+    items: list[tuple[str, Event]] = [
+        ("node/demo", PolicySet(at=0, policy=Policy())),
+        ("relay/r1", RelayAnnounced(at=10, relay="r1", region="eu")),
+        ("relay/r2", RelayAnnounced(at=20, relay="r2", region="us")),
+    ]
+    for i in range(10):
+        peer, at = make_key(100 + i), 100 * (i + 1)
+        endpoint = f"198.51.100.{i + 1}:51820"
+        for event in (
+            PeerAdded(at=at, peer=peer, name=f"peer-{i}", candidates=(endpoint,)),
+            HandshakeObserved(at=at + 1, peer=peer, endpoint=endpoint),
+            RelaySessionFailed(at=at + 2, peer=peer, relay="r1", reason="refused"),
+            CandidatesUpdated(at=at + 3, peer=peer, candidates=(endpoint, "10.0.0.2:51820")),
+        ):
+            items.append((stream_of(event, "demo"), event))
     with EventLog.open(str(path)) as log:
-        run_demo(log, peers=4)
+        log.append(items)
     return path
 
 
