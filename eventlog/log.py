@@ -21,7 +21,7 @@ from natrelay.core.events import Event
 
 from . import migrations, schema
 from .backends import Backend, PostgresBackend, Row, backend_for
-from .errors import ConcurrencyError, EventLogError, SnapshotError
+from .errors import ConcurrencyError, EventLogError, LogWriteError, SnapshotError
 from .location import create_log_engine, describe, parse_location
 from .records import Snapshot, StoredEvent, decode, encode
 
@@ -163,6 +163,11 @@ class EventLog:
                 raise EventLogError(
                     f"append to {self.location} conflicted with another writer: {exc}"
                 ) from exc
+            if isinstance(exc, Exception) and _is_storage_failure(exc):
+                # Disk full, read-only, I/O error: the transaction was rolled back.
+                raise LogWriteError(
+                    f"cannot append to {self.location}: {exc}; nothing was appended"
+                ) from exc
             raise
         finally:
             raw.close()
@@ -171,45 +176,52 @@ class EventLog:
     def save_snapshot(
         self, name: str, seq: int, state: bytes, *, state_format: str = "orjson"
     ) -> Snapshot:
-        """Store projection state `state` as of `seq` under `name`."""
+        """Store projection state `state` as of `seq` under `name`.
+
+        Saving the same state again is a no-op that returns the stored
+        snapshot; a different state at the same (name, seq) is a
+        `SnapshotError`: snapshots are never replaced.
+        """
         self._check_open()
         if not isinstance(state, bytes | bytearray | memoryview):
             raise TypeError(f"snapshot state must be bytes, got {type(state).__name__}")
         snapshot = Snapshot(name, seq, self._clock(), state_format, bytes(state))
         try:
-            self._insert_snapshot(snapshot)
-        except IntegrityError:  # another process saved the same one in between
-            raise SnapshotError(
-                f"snapshot {name!r} at seq {seq} exists; snapshots are never replaced"
-            ) from None
-        return snapshot
+            return self._insert_snapshot(snapshot)
+        except IntegrityError:  # another process saved one in between
+            return self._insert_snapshot(snapshot)
 
-    def _insert_snapshot(self, snapshot: Snapshot) -> None:
-        name, seq, state_format = snapshot.name, snapshot.seq, snapshot.format
+    def _insert_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        name, seq = snapshot.name, snapshot.seq
         with self._engine.connect() as conn, conn.begin():
-            last = conn.execute(select(func.max(schema.events.c.seq))).scalar()
-            if not 0 <= seq <= (last or 0):
+            last = conn.execute(select(func.max(schema.events.c.seq))).scalar() or 0
+            if not 0 <= seq <= last:
                 raise SnapshotError(
-                    f"cannot snapshot {name!r} at seq {seq}: the log ends at seq {last or 0}"
+                    f"cannot snapshot {name!r} at seq {seq}: the log ends at seq {last}"
                 )
-            exists = conn.execute(
-                select(schema.snapshots.c.seq).where(
-                    schema.snapshots.c.name == name, schema.snapshots.c.seq == seq
-                )
+            table = schema.snapshots
+            existing = conn.execute(
+                select(table).where(table.c.name == name, table.c.seq == seq)
             ).first()
-            if exists is not None:
+            if existing is not None:
+                if bytes(existing.state) == snapshot.state and existing.format == snapshot.format:
+                    return Snapshot(
+                        name, seq, existing.created_time, existing.format, bytes(existing.state)
+                    )
                 raise SnapshotError(
-                    f"snapshot {name!r} at seq {seq} exists; snapshots are never replaced"
+                    f"snapshot {name!r} at seq {seq} exists with a different state;"
+                    " snapshots are never replaced"
                 )
             conn.execute(
-                schema.snapshots.insert().values(
+                table.insert().values(
                     name=name,
                     seq=seq,
                     created_time=snapshot.created_at,
-                    format=state_format,
+                    format=snapshot.format,
                     state=snapshot.state,
                 )
             )
+        return snapshot
 
     # --- reading ---------------------------------------------------------------
 
@@ -355,3 +367,15 @@ class EventLog:
 
 def _is_unique_violation(exc: Exception) -> bool:
     return type(exc).__name__ in ("UniqueViolation", "IntegrityError")
+
+
+def _is_storage_failure(exc: Exception) -> bool:
+    """A DB-API error of the storage itself (sqlite3 or psycopg), not of the caller's data."""
+    module = type(exc).__module__
+    return (module == "sqlite3" or module.startswith("psycopg")) and type(exc).__name__ in (
+        "OperationalError",
+        "DatabaseError",
+        "DiskFull",
+        "InsufficientPrivilege",
+        "ReadOnlySqlTransaction",
+    )

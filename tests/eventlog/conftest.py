@@ -7,9 +7,7 @@ server FAILS the PostgreSQL half of the suite with the reason; it never skips.
 
 from __future__ import annotations
 
-import base64
 import os
-import random
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,16 +15,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from natrelay.core import events as E
-from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
+
+from .helpers import libpq_url
 
 PG_URL = os.environ.get("NATRELAY_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = ("sqlite", "postgresql")
-
-
-def _libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 def _with_search_path(url: str, schema: str) -> str:
@@ -40,7 +34,7 @@ class PgSchemas:
     def __init__(self) -> None:
         problem = None
         try:
-            self.admin = psycopg.connect(_libpq_url(PG_URL), autocommit=True, connect_timeout=5)
+            self.admin = psycopg.connect(libpq_url(PG_URL), autocommit=True, connect_timeout=5)
         except psycopg.OperationalError as exc:
             problem = str(exc).strip()
         if problem is not None:
@@ -101,47 +95,3 @@ def open_log(new_url: Callable[[], str]) -> Iterator[Callable[..., EventLog]]:
 def log(open_log: Callable[..., EventLog]) -> EventLog:
     counter = iter(range(10**12))
     return open_log(clock=lambda: 1_000_000 + next(counter))
-
-
-def public_key(n: int) -> str:
-    return base64.b64encode(n.to_bytes(32, "big")).decode()
-
-
-def sample_events(count: int, seed: int = 0, peers: int = 20) -> list[tuple[str, E.Event]]:
-    """`count` valid (stream, event) pairs of many types, deterministic for a seed."""
-    rng = random.Random(seed)
-    out: list[tuple[str, E.Event]] = []
-    for i in range(count):
-        at = 1_000 + i
-        peer = public_key(rng.randrange(peers) + 1)
-        endpoint = f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}:51820"
-        relay = f"relay-{rng.randrange(4)}"
-        kind = rng.randrange(8)
-        event: E.Event
-        if kind == 0:
-            event = E.PeerAdded(at=at, peer=peer, candidates=(endpoint,), name=f"peer {i}")
-        elif kind == 1:
-            event = E.HandshakeObserved(at=at, peer=peer, endpoint=endpoint)
-        elif kind == 2:
-            event = E.DirectAttemptTimedOut(at=at, peer=peer, endpoint=endpoint, attempt=i % 9 + 1)
-        elif kind == 3:
-            event = E.RelayHealthMeasured(at=at, relay=relay, rtt_ms=rng.randrange(300), load=7)
-        elif kind == 4:
-            event = E.RelayChosen(
-                at=at,
-                peer=peer,
-                relay=relay,
-                deadline=at + 500,
-                ranking=(E.RelayScore(relay=relay, score=0.75), E.RelayScore(relay="z", score=0.5)),
-                reason="best ranked",
-            )
-        elif kind == 5:
-            event = E.PolicySet(at=at, policy=Policy(min_direct_attempts=rng.randrange(5)))
-        elif kind == 6:
-            event = E.Tick(at=at)
-        else:
-            event = E.DirectAttemptStarted(
-                at=at, peer=peer, endpoint=endpoint, attempt=1, deadline=at + 1000
-            )
-        out.append((E.stream_of(event, "n1"), event))
-    return out

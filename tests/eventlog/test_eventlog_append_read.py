@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import public_key, sample_events
 from sqlalchemy import text
 
 from natrelay.core import codec
@@ -13,6 +12,8 @@ from natrelay.core import events as E
 from natrelay.eventlog import ConcurrencyError, DecodeError, EventLog, StoredEvent
 from natrelay.eventlog import log as log_module
 from natrelay.eventlog.records import encode
+
+from .helpers import public_key, sample_events
 
 
 def test_append_assigns_seq_and_per_stream_versions(log: EventLog) -> None:

@@ -6,10 +6,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from conftest import sample_events
-
 from natrelay.core import events as E
 from natrelay.eventlog import EventLog, StoredEvent
+
+from .helpers import sample_events
 
 
 def _collect(

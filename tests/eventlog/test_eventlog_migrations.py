@@ -7,11 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import sample_events
 from sqlalchemy import Connection, inspect, text
 
 from natrelay.eventlog import EventLog, LogBusy, location, migrations
 from natrelay.eventlog.backends import SqliteBackend
+
+from .helpers import sample_events
 
 
 def _add_type_index(conn: Connection) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import _libpq_url, sample_events
 from sqlalchemy import text
 
 from natrelay.eventlog import (
@@ -20,6 +19,8 @@ from natrelay.eventlog import (
     LogFormatError,
     LogNotFound,
 )
+
+from .helpers import libpq_url, sample_events
 
 
 @pytest.mark.parametrize(
@@ -105,7 +106,7 @@ def test_foreign_events_table_is_not_taken_for_a_log(
         conn.close()
     else:
         schema = url.rsplit("%3D", 1)[1]
-        with psycopg.connect(_libpq_url(url.split("?")[0]), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(url.split("?")[0]), autocommit=True) as conn:
             conn.execute(f'CREATE TABLE "{schema}".events (id INTEGER)')
     with pytest.raises(LogFormatError, match="not a natrelay log"):
         EventLog.open(url)

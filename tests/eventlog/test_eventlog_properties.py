@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from conftest import public_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from natrelay.core import events as E
 from natrelay.eventlog import ConcurrencyError, EventLog
+
+from .helpers import public_key
 
 STREAMS = ("node/a", "node/a/peer/x", "relay/r1", "relay/r2", "node/b")
 

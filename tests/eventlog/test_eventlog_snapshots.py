@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import sample_events
 
 from natrelay.eventlog import EventLog, Snapshot, SnapshotError
+
+from .helpers import sample_events
 
 
 def test_latest_snapshot_at_or_before_a_seq(log: EventLog) -> None:
@@ -37,9 +38,18 @@ def test_snapshot_past_the_end_is_refused(log: EventLog) -> None:
 def test_snapshot_is_never_replaced(log: EventLog) -> None:
     log.append(sample_events(3))
     log.save_snapshot("s", 2, b"first")
-    with pytest.raises(SnapshotError, match="never replaced"):
+    with pytest.raises(SnapshotError, match="different state; snapshots are never replaced"):
         log.save_snapshot("s", 2, b"second")
     assert log.load_snapshot("s").state == b"first"  # type: ignore[union-attr]
+
+
+def test_saving_the_same_snapshot_again_is_a_no_op(open_log) -> None:  # type: ignore[no-untyped-def]
+    times = iter([100, 200])
+    log = open_log(clock=lambda: next(times))
+    log.append(sample_events(3))
+    first = log.save_snapshot("s", 2, b"same")
+    again = log.save_snapshot("s", 2, b"same")
+    assert again == first and again.created_at == 100
 
 
 def test_empty_log_snapshot_at_zero(log: EventLog) -> None:

@@ -1,0 +1,1 @@
+"""Tests of natrelay.eventlog, on SQLite and PostgreSQL."""
