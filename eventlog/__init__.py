@@ -17,6 +17,7 @@ from .errors import (
     LogBusy,
     LogFormatError,
     LogNotFound,
+    LogWriteError,
     SnapshotError,
 )
 from .log import PAGE_SIZE, Clock, EventLog, wall_clock_ms
@@ -35,6 +36,7 @@ __all__ = [
     "LogBusy",
     "LogFormatError",
     "LogNotFound",
+    "LogWriteError",
     "Snapshot",
     "SnapshotError",
     "StoredEvent",

@@ -134,11 +134,14 @@ class SqliteBackend(Backend):
         cursor = dbapi.cursor()
         try:
             yield cursor
-        except BaseException:
-            dbapi.execute("ROLLBACK")
-            raise
-        else:
             dbapi.execute("COMMIT")
+        except BaseException:
+            # SQLite has already rolled back after some errors (disk full, I/O): a second
+            # ROLLBACK would hide the cause. A failed COMMIT leaves the transaction open:
+            # end it here, or a later COMMIT on this pooled connection would apply the batch.
+            if dbapi.in_transaction:
+                dbapi.execute("ROLLBACK")
+            raise
         finally:
             cursor.close()
 

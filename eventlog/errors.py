@@ -18,6 +18,7 @@ __all__ = [
     "LogBusy",
     "LogFormatError",
     "LogNotFound",
+    "LogWriteError",
     "SnapshotError",
 ]
 
@@ -40,6 +41,10 @@ class LogFormatError(EventLogError):
 
 class LogBusy(EventLogError):
     """The log stayed locked by another writer after bounded retries."""
+
+
+class LogWriteError(EventLogError):
+    """The database refused a write (disk full, read-only, I/O error); nothing was appended."""
 
 
 class SnapshotError(EventLogError):
