@@ -202,7 +202,7 @@ class PeerFacts:
     session: tuple[str, str] | None = None
     #: Latest direct handshake on any endpoint.
     direct_seen: tuple[str, int] | None = None
-    #: seq of the latest direct handshake, and of entering the current state.
+    #: seq of the latest direct handshake the peer could use, and of entering the current state.
     direct_seen_seq: int = 0
     entered_seq: int = 0
     entered_at: int = 0
@@ -303,7 +303,8 @@ class LogWatcher:
             endpoint, relay = event.endpoint, event.relay  # type: ignore[attr-defined]
             if endpoint is not None:
                 facts.direct_seen = (endpoint, event.at)
-                facts.direct_seen_seq = seq
+                if facts.access != "relay_only":  # a relay-only peer ignores it, rightly
+                    facts.direct_seen_seq = seq
                 if facts.model.state == lc.DIRECT_CONNECTED and facts.path == endpoint:
                     facts.path_fresh_at = event.at
             elif facts.model.state == lc.RELAY_CONNECTED and facts.path == relay:

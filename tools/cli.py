@@ -164,7 +164,7 @@ def explain(
         key = resolve_peer(engine, peer)
         lines = explain_lines(opened, name, key, engine, full=full)
     label = engine.peers[key].name
-    out.print(f"peer {key}{f' ({escape(label)})' if label else ''}")
+    out.print(f"peer {key}{f' ({escape(printable(label))})' if label else ''}")
     for line in lines:
         out.print(escape(line), soft_wrap=True)
 
@@ -241,7 +241,7 @@ def replay(
     for record in engine.peers.values():
         counts[record.state] = counts.get(record.state, 0) + 1
     summary = ", ".join(f"{state}: {n}" for state, n in sorted(counts.items())) or "no peers"
-    out.print(f"node {escape(name)} as of seq {last} (t = {seconds(engine.now)}): {summary}")
+    out.print(f"node {escape(printable(name))} as of seq {last} (t = {seconds(engine.now)}): {summary}")
     out.print(f"rebuilt in {elapsed:.2f} s")
 
 

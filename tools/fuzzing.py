@@ -168,7 +168,10 @@ class NatrelayMachine(RuleBasedStateMachine):
     @initialize(
         policy=policies(),
         peers=st.lists(st.tuples(candidate_lists, accesses), max_size=len(PEERS)),
-        relays=st.lists(st.tuples(st.sampled_from(REGIONS), st.integers(0, 15)), max_size=len(RELAYS)),
+        relays=st.lists(
+            st.tuples(st.sampled_from(RELAYS), st.sampled_from(REGIONS), st.integers(0, 15)),
+            unique_by=lambda t: t[0],
+        ),
         relays_work=st.frozensets(st.sampled_from(RELAYS)),
         answering=st.frozensets(st.tuples(st.sampled_from(PEERS), st.sampled_from(ENDPOINTS)), max_size=4),
     )
@@ -176,14 +179,14 @@ class NatrelayMachine(RuleBasedStateMachine):
         self,
         policy: Policy,
         peers: list[tuple[tuple[str, ...], str]],
-        relays: list[tuple[str, int]],
+        relays: list[tuple[str, str, int]],
         relays_work: frozenset[str],
         answering: frozenset[tuple[str, str]],
     ) -> None:
         """A fresh log and a mesh to start from: some relays, then some peers."""
         self.harness = Harness(self.directory, policy)
         self.relays_work, self.answering = relays_work, answering
-        for relay, (region, capabilities) in zip(RELAYS, relays, strict=False):
+        for relay, region, capabilities in relays:
             self._observe(E.RelayAnnounced(at=0, relay=relay, region=region, capabilities=capabilities))
         for key, (candidates, access) in zip(PEERS, peers, strict=False):
             self._observe(E.PeerAdded(at=0, peer=key, candidates=candidates, access=access))  # type: ignore[arg-type]
