@@ -72,6 +72,18 @@ def resolve_peer(engine: Engine, text: str) -> str:
     raise LookupError_(f"{text!r} matches {len(matches)} peers; give more of the key")
 
 
+def printable(text: str) -> str:
+    """The text with control characters (terminal escapes included) made visible, on one line.
+
+    Names, regions, reasons and paths come from outside (peers, relays, a hostile
+    log); every human view here passes them through this, so ESC, CSI or OSC
+    sequences print as `\\x1b[...` instead of driving the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def short(key: str) -> str:
     return key[:10] + "…"
 
@@ -119,9 +131,9 @@ def status_rows(engine: Engine) -> list[StatusRow]:
         rows.append(
             StatusRow(
                 peer=key,
-                name=record.name,
+                name=printable(record.name),
                 state=record.state,
-                path=path,
+                path=printable(path),
                 attempts=engine.attempts.attempts(key),
                 handshake_age_ms=None if seen is None else now - seen,
                 since_ms=record.since,
@@ -143,7 +155,7 @@ def timeline_rows(log: EventLog, node: str, peer: str) -> list[tuple[int, int, s
         for drop in ("at", "peer"):
             payload.pop(drop, None)
         details = ", ".join(f"{k}={_compact(v)}" for k, v in payload.items() if v not in (None, "", ()))
-        rows.append((seq, event.at, event.KIND, event.TYPE, details))
+        rows.append((seq, event.at, event.KIND, event.TYPE, printable(details)))
     return rows
 
 
@@ -175,7 +187,7 @@ def explain_lines(log: EventLog, node: str, peer: str, engine: Engine, *, full: 
     told = [(seq, text) for seq, _, text in story] if full else _fold_repeats(story)
     lines = [f"seq {seq:>7}  {text}" for seq, text in told]
     lines.append(_present(engine, peer, engine.peers[peer]))
-    return lines
+    return [printable(line) for line in lines]
 
 
 def _is_repeat(event: Event) -> bool:
