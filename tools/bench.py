@@ -9,7 +9,6 @@ asserts a limit.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -106,32 +105,56 @@ def measure_memory(peers: int) -> dict[str, float]:
     return json.loads(completed.stdout)
 
 
+def measure_rebuild(path: str, mode: str) -> dict[str, float]:
+    """Rebuild the log's engine in a fresh interpreter; wall time and peak RSS."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "natrelay.tools.bench_rebuild", path, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(completed.stdout)
+
+
 def run_benchmarks(
-    *, events: int = 200_000, peers: int = 100_000, postgres: str | None = None, progress: bool = True
+    *,
+    events: int = 200_000,
+    peers: int = 100_000,
+    rebuild_events: int = 1_000_000,
+    postgres: str | None = None,
+    with_postgres: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Every benchmark, side by side; keys are stable (BENCHMARKS.md and --json use them)."""
+    from . import bench_log
+
     results: dict[str, Any] = {}
 
     def say(text: str) -> None:
         if progress:
             print(f"… {text}", file=sys.stderr, flush=True)
 
-    try:
-        from . import bench_log
-    except ImportError:  # pragma: no cover - bench_log ships with natrelay
-        bench_log = None
-    if bench_log is not None:
-        say("log append/read beside the sqlite3 floor and the eventsourcing library")
-        results.update(bench_log.run(events=events, postgres=postgres or os.environ.get("NATRELAY_PG_URL")))
-    mesh_peers = max(100, events // 60)
+    say("log append/read beside the raw floors and the eventsourcing library")
+    results.update(bench_log.run(events, pg_url=postgres, postgres=with_postgres, repeats=3))
+    mesh_peers = max(100, events // 47)
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "replay.sqlite")
-        say(f"generating a {mesh_peers}-peer mesh log for the replay benchmark")
+        say(f"a {mesh_peers}-peer mesh log for the replay benchmark")
         generate_log(path, mesh_peers, 600_000)
         say("full replay from SQLite")
         results.update(measure_replay(path))
-    say("engine decisions in memory")
-    results.update(measure_engine(mesh_peers, 600_000))
-    say(f"memory at {peers} peers")
+        if rebuild_events:
+            big = str(Path(tmp) / "big.sqlite")
+            say(f"a log of about {rebuild_events:,} events for the rebuild benchmark")
+            results["rebuild_log_events"] = float(generate_log(big, max(100, rebuild_events // 47), 600_000))
+            say("rebuild from zero, then from a snapshot at 90 % of the log")
+            for mode in ("zero", "snapshot"):
+                for key, value in measure_rebuild(big, mode).items():
+                    results[f"rebuild_{mode}_{key}"] = value
+    for count, duration in ((10_000, 600_000), (100_000, 60_000)):
+        say(f"engine decisions in memory, {count:,} peers")
+        measured = measure_engine(count, duration)
+        results[f"engine_eps_{count // 1000}k_peers"] = measured["engine_events_per_s_in_memory"]
+    say(f"memory at {peers:,} peers")
     results.update(measure_memory(peers))
     return results
