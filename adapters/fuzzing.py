@@ -148,9 +148,12 @@ class World:
                 if self.connects.get(command.peer) == command.relay:
                     del self.connects[command.peer]
             else:
-                self.sessions.get(command.peer, set()).discard((command.relay, command.session))
-            if self.paths.get(command.peer, (None, None))[1] == command.relay:
-                self.paths.pop(command.peer, None)
+                held = self.sessions.get(command.peer, set())
+                held.discard((command.relay, command.session))
+                # The data plane leaves the relay only when its last session there closes.
+                still_there = any(relay == command.relay for relay, _ in held)
+                if self.paths.get(command.peer, (None, None))[1] == command.relay and not still_there:
+                    self.paths.pop(command.peer, None)
         elif isinstance(command, SwitchPath):
             self.paths[command.peer] = (command.endpoint, command.relay)
         elif isinstance(command, ForgetPeer):
