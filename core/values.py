@@ -25,7 +25,20 @@ class InvalidValue(ValueError):
     """A value failed validation; the message names the field and the problem."""
 
 
-@lru_cache(maxsize=1 << 18)
+def _only_strings_cached(check: Any) -> Any:
+    """Cache a check for strings (keys and endpoints recur in every event of a log);
+    anything else, hashable or not, is checked uncached."""
+    cached = lru_cache(maxsize=1 << 18)(check)
+
+    def run(value: object) -> str | None:
+        return cached(value) if type(value) is str else check(value)
+
+    run.__doc__ = check.__doc__
+    run.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return run
+
+
+@_only_strings_cached
 def public_key_problem(value: object) -> str | None:
     """Why `value` is not a WireGuard public key (base64 of 32 bytes), or None."""
     if not isinstance(value, str):
@@ -87,7 +100,7 @@ def parse_endpoint(value: object) -> str:
     return f"{address}:{port}"
 
 
-@lru_cache(maxsize=1 << 18)
+@_only_strings_cached
 def endpoint_problem(value: object) -> str | None:
     """Why `value` is not a canonical endpoint (`ip:port` or `[ipv6]:port`), or None."""
     try:
@@ -99,6 +112,7 @@ def endpoint_problem(value: object) -> str | None:
     return None
 
 
+@_only_strings_cached
 def identifier_problem(value: object) -> str | None:
     """Why `value` is not a usable relay/session/node id, or None."""
     if not isinstance(value, str):

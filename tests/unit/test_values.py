@@ -77,3 +77,10 @@ def test_a_handshake_names_exactly_one_path() -> None:
 @pytest.mark.parametrize("bad", ["", "a b", "a/b", "x" * 129, "\x1b[31m"])
 def test_identifiers_are_short_printable_and_slash_free(bad: str) -> None:
     assert v.identifier_problem(bad) is not None
+
+
+@pytest.mark.parametrize("bad", [["x"], {"a": 1}, None, 3.5])
+def test_checks_of_unhashable_or_odd_values_answer_with_a_reason(bad: object) -> None:
+    assert v.public_key_problem(bad) is not None
+    assert v.endpoint_problem(bad) is not None
+    assert v.identifier_problem(bad) is not None
