@@ -108,7 +108,7 @@ class Policy:
     #: an upgrade back to it: no flapping between relay and a dying direct path.
     switch_hysteresis_ms: int = attrs.field(default=10_000, validator=v.non_negative_int)
     weights: RelayWeights = attrs.field(factory=RelayWeights, converter=_weights)
-    #: Relays at or above this load (percent) are never chosen.
+    #: Relays above this load (percent) are never chosen; a relay at exactly this load may be.
     max_relay_load: int = attrs.field(default=80, validator=v.non_negative_int)
     #: Capability bits a relay should have (scored, not required).
     required_capabilities: int = attrs.field(default=0, validator=v.non_negative_int)
