@@ -109,6 +109,8 @@ class Engine:
         self._commands: list[Command] = []
         self._releasing: tuple[CloseRelaySession, ...] = ()
         self._plans: dict[type, Any] = {}
+        #: peer -> (candidates, cache entries, policy, valid until, endpoints): see endpoints_to_try.
+        self._endpoints_memo: dict[str, tuple[Any, Any, Any, int, tuple[str, ...]]] = {}
 
     # ------------------------------------------------------------------ fold
 
@@ -561,12 +563,27 @@ class Engine:
         """Cached working endpoints first (best first), then the candidates in order.
 
         With `private_candidates_first`, private addresses go before public ones (stable).
+        Memoised per peer (the engine asks several times per decision) until the
+        candidates, the cache entries or the policy change, or a cached entry ages out.
         """
         record = self.peers[peer]
-        cached = tuple(entry.endpoint for entry in self.direct_cache.best(peer, self.now))
-        ordered = tuple(dict.fromkeys(cached + record.candidates))
+        entries = self.direct_cache.entries.get(peer, ())
+        memo = self._endpoints_memo.get(peer)
+        if (
+            memo is not None
+            and memo[0] is record.candidates
+            and memo[1] is entries
+            and memo[2] is self.policy
+            and self.now <= memo[3]
+        ):
+            return memo[4]
+        best = self.direct_cache.best(peer, self.now)
+        ordered = tuple(dict.fromkeys(tuple(entry.endpoint for entry in best) + record.candidates))
         if self.policy.private_candidates_first:
             ordered = tuple(sorted(ordered, key=_is_public))
+        max_age = self.direct_cache.max_age_ms
+        valid_until = min((entry.last_success_at + max_age for entry in best), default=_FOREVER)
+        self._endpoints_memo[peer] = (record.candidates, entries, self.policy, valid_until, ordered)
         return ordered
 
     def _advance(self, record: PeerRecord) -> None:
@@ -976,6 +993,9 @@ class Engine:
             engine.apply(event)
         engine.reschedule_all()
         return engine
+
+
+_FOREVER = 2**63
 
 
 @functools.lru_cache(maxsize=1 << 16)
