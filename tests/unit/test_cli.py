@@ -147,7 +147,17 @@ def test_status_follow_prints_each_change_as_it_is_appended(tmp_path: Path) -> N
     node = Node(log, MemoryNetwork(), node="live", policy=policy())
     node.observe(PeerAdded(at=0, peer=make_key(1), candidates=("198.51.100.1:5",), name="web"))
     follower = subprocess.Popen(
-        [sys.executable, "-m", "natrelay.tools.cli", "status", str(path), "--follow", "--json", "--poll", "0.1"],
+        [
+            sys.executable,
+            "-m",
+            "natrelay.tools.cli",
+            "status",
+            str(path),
+            "--follow",
+            "--json",
+            "--poll",
+            "0.1",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
