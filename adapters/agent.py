@@ -56,6 +56,7 @@ from ..core.events import (
     Event,
     HandshakeObserved,
     InputRejected,
+    PathSilent,
     PeerAdded,
     PeerRemoved,
     PolicySet,
@@ -125,6 +126,9 @@ class Agent:
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
     _health_at: dict[str, int] = attrs.field(factory=dict)
     _first_handshake_ms: dict[str, int] = attrs.field(factory=dict)
+    #: peer -> (received bytes, when that count was first seen): the liveness signal.
+    _rx: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    _silence_reported: set[str] = attrs.field(factory=set)
 
     # ---- time --------------------------------------------------------------------------
 
@@ -491,6 +495,7 @@ class Agent:
             key = peer.public_key
             if key not in self.engine.peers:
                 continue
+            self._watch_silence(key, peer.rx_bytes)
             last = self._last_handshake.get(key)
             self._last_handshake[key] = peer.latest_handshake
             # last None: the first look after start, an old handshake, not a new one.
@@ -512,6 +517,34 @@ class Agent:
                 event = HandshakeObserved(at=self.now(), peer=key, endpoint=endpoint)
             self._first_handshake_ms.setdefault(key, event.at)
             self.feed(event)
+
+    def silence_limit_ms(self) -> int:
+        """Nothing received for three keepalive intervals (plus slack): the path is dead."""
+        return 3 * self.config.persistent_keepalive * 1000 + 1000
+
+    def _watch_silence(self, peer: str, rx_bytes: int) -> None:
+        """Report PathSilent once when a connected peer's receive counter stops moving.
+
+        WireGuard renews a handshake only every two minutes, so the handshake age
+        shows a dead path after up to 180 s; with persistent keepalive on, a live
+        path receives something every interval, so a still counter says it sooner.
+        """
+        now = self.now()
+        seen = self._rx.get(peer)
+        if seen is None or seen[0] != rx_bytes:
+            self._rx[peer] = (rx_bytes, now)
+            self._silence_reported.discard(peer)
+            return
+        record = self.engine.peers[peer]
+        limit = self.silence_limit_ms()
+        if (
+            record.state in lc.CONNECTED_STATES
+            and peer not in self._silence_reported
+            and now - seen[1] >= limit
+            and now - record.since >= limit
+        ):
+            self._silence_reported.add(peer)
+            self.feed(PathSilent(at=now, peer=peer, silent_ms=now - seen[1]))
 
     def _poll_rendezvous(self) -> None:
         try:

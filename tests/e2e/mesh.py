@@ -192,13 +192,19 @@ class Mesh:
                              timeout)
 
     def decisions(self, node: str) -> list[str]:
+        return self._types(node, "decision")
+
+    def observations(self, node: str) -> list[str]:
+        return self._types(node, "observation")
+
+    def _types(self, node: str, kind: str) -> list[str]:
         from natrelay.eventlog import EventLog
         from natrelay.eventlog.replay import node_events
 
         if not self.log_path.exists():
             return []
         with EventLog.open(str(self.log_path), create=False) as log:
-            return [e.TYPE for _s, _st, e in node_events(log, node) if e.KIND == "decision"]
+            return [e.TYPE for _s, _st, e in node_events(log, node) if e.KIND in (kind,)]
 
     def diagnostics(self) -> str:
         parts = []
