@@ -166,9 +166,11 @@ class Engine:
 
     def _fold_candidates(self, event: CandidatesUpdated) -> None:
         record = self.peers[event.peer]
-        record.candidates = event.candidates
         if event.nat_type is not None:
             record.nat_type = event.nat_type
+        if event.candidates == record.candidates:
+            return  # nothing new to try (a duplicate report changes nothing)
+        record.candidates = event.candidates
         if record.state in (lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
             if record.next_round_at is None or record.next_round_at > event.at:
                 record.next_round_at = event.at
@@ -178,13 +180,15 @@ class Engine:
 
     def _fold_handshake(self, event: HandshakeObserved) -> None:
         record = self.peers[event.peer]
+        # max(): a late or repeated report never makes what we know older
         if event.endpoint is not None:
-            record.direct_seen = event.endpoint
-            record.direct_seen_at = event.at
+            if record.direct_seen_at is None or event.at >= record.direct_seen_at:
+                record.direct_seen = event.endpoint
+                record.direct_seen_at = event.at
             if record.state == lc.DIRECT_CONNECTED and record.path == event.endpoint:
-                record.last_handshake_at = event.at
+                record.last_handshake_at = max(record.last_handshake_at or 0, event.at)
         elif record.state == lc.RELAY_CONNECTED and record.path == event.relay:
-            record.last_handshake_at = event.at
+            record.last_handshake_at = max(record.last_handshake_at or 0, event.at)
 
     def _fold_session_failed(self, event: RelaySessionFailed) -> None:
         record = self.peers[event.peer]

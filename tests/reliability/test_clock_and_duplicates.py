@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -135,13 +134,7 @@ def test_a_clock_going_backwards_corrupts_neither_timers_nor_projections(data: A
     scenario(data, backwards=True, duplicates=False)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open finding: a duplicate can let a due round start (the first delivery's _advance did not"
-    " reach a fixed point), and a duplicated handshake after several re-adds changed the peer's state;"
-    " see docs/reliability.md",
-)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_duplicate_observations_are_idempotent(data: Any) -> None:
     scenario(data, backwards=True, duplicates=True)
