@@ -42,7 +42,8 @@ from natrelay.core.commands import (
     SwitchPath,
     TryDirectEndpoint,
 )
-from natrelay.core.events import Event
+from natrelay.core.engine import Engine
+from natrelay.core.events import Event, PolicySet
 from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import node_view, rebuild, verify
@@ -210,6 +211,8 @@ class PeerFacts:
     entered_seq: int = 0
     entered_at: int = 0
     lost_direct: tuple[str, int] | None = None
+    #: Relays that ever carried the peer (a relay path selected through them).
+    carried_by: set[str] = attrs.field(factory=set)
 
 
 class LogWatcher:
@@ -228,7 +231,8 @@ class LogWatcher:
         self._pending_observation: tuple[int, Event] | None = None
         self._rejected = False
 
-    def catch_up(self, log: EventLog) -> None:
+    def catch_up(self, log: EventLog) -> list[tuple[int, Event]]:
+        """Fold the rows appended since the last call; return the node's (seq, event) among them."""
         pending: list[tuple[int, Event]] = []
         for row in log.read(self.last_seq + 1):
             if row.seq != self.last_seq + 1:
@@ -248,6 +252,7 @@ class LogWatcher:
                 pending.append((row.seq, row.decode()))
         for seq, event in pending:
             self._fold(seq, event)
+        return pending
 
     def _fold(self, seq: int, event: Event) -> None:
         self.now = max(self.now, event.at)
@@ -359,6 +364,7 @@ class LogWatcher:
         elif kind == "relay_path_selected":
             facts.path, facts.path_fresh_at = event.relay, event.at  # type: ignore[attr-defined]
             facts.session = (event.relay, event.session)  # type: ignore[attr-defined]
+            facts.carried_by.add(event.relay)  # type: ignore[attr-defined]
         elif kind == "path_lost":
             if event.path_kind == "direct":  # type: ignore[attr-defined]
                 facts.lost_direct = (event.path, event.at)  # type: ignore[attr-defined]
@@ -398,6 +404,69 @@ class LogWatcher:
             )
         if expires_at is not None and expires_at <= event.at:
             _fail("relay.never_expired", f"seq {seq}: chose {event.relay}, expired at {expires_at}")
+        # Relays that carried the peer before lead; the others follow by score, ties by id:
+        # never by the order relays were announced in, a dict's order or an object's identity.
+        others = [s for s in event.ranking if s.relay not in facts.carried_by]
+        if others != sorted(others, key=lambda s: (-s.score, s.relay)):
+            _fail(
+                "relay.ranked_by_score_then_id",
+                f"seq {seq}: ranking {[(s.relay, s.score) for s in others]} is not by score, then relay id",
+            )
+
+
+# ------------------------------------------------------------------- replay shadow
+
+
+class ReplayShadow:
+    """The replay invariants, kept step by step instead of from seq 0 after every step.
+
+    Two engines run beside the live one, fed each new row of the node's view as it
+    is appended: `folded` applies every event (what `rebuild` does from seq 0), and
+    `redecider` handles only the observations and must take exactly the recorded
+    decisions (what `verify` does). Fed the same rows in the same order, they reach
+    the same verdicts as the full replays, at the cost of one step instead of the
+    whole log; the harness still runs the full replays every `full_every` steps and
+    at the end of a scenario.
+    """
+
+    def __init__(self) -> None:
+        self.folded = Engine()
+        self.redecider = Engine()
+        self.produced: list[Event] = []
+        self.position = 0
+        self.observations = 0
+        self.last_observation_seq: int | None = None
+
+    def feed(self, seq: int, event: Event) -> None:
+        self.folded.apply(event)
+        if event.KIND == "observation":
+            self.settle(seq)
+            self.observations += 1
+            self.last_observation_seq = seq
+            if type(event) is PolicySet and self.observations == 1:
+                self.redecider = Engine(event.policy)
+            self.produced = list(self.redecider.handle(event).decisions)
+            self.position = 0
+            return
+        got = self.produced[self.position] if self.position < len(self.produced) else None
+        if got != event:
+            _fail(
+                "replay.verify_redecides_every_decision",
+                f"seq {seq}: the log records {event.TYPE} but re-deciding gives "
+                f"{got.TYPE if got is not None else 'nothing'}",
+            )
+        self.position += 1
+
+    def settle(self, seq: int | None = None) -> None:
+        """Every decision re-decided for the latest observation is in the log."""
+        if self.position < len(self.produced):
+            missing = self.produced[self.position]
+            where = "the log ends" if seq is None else f"seq {seq} comes"
+            _fail(
+                "replay.verify_redecides_every_decision",
+                f"after the observation at seq {self.last_observation_seq} the engine decides "
+                f"{missing.TYPE}, but {where} before it",
+            )
 
 
 # ----------------------------------------------------------------------- harness
@@ -406,7 +475,9 @@ class LogWatcher:
 class Harness:
     """A Node on a fresh SQLite log, driven one concrete step at a time."""
 
-    def __init__(self, directory: Path, policy: Policy, *, db_name: str = "fuzz.db") -> None:
+    def __init__(
+        self, directory: Path, policy: Policy, *, db_name: str = "fuzz.db", full_every: int = 10
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / db_name
         if self.path.exists():
@@ -417,13 +488,23 @@ class Harness:
         self.log = self._open()
         self.node = Node(self.log, self.world, node=NODE, policy=policy)
         self.watcher = LogWatcher(policy)
+        self.shadow = ReplayShadow()
+        #: The full replays (rebuild from seq 0, snapshot plus tail, verify) run every
+        #: `full_every` checks and at `finish()`; the shadow covers the steps between.
+        self.full_every = full_every
+        self.checks = 0
         self.snapshots = 0
+        #: A snapshot or restart happened since the last check: compare snapshot plus tail now.
+        self.restored = False
         #: The reaction to the latest step's observations (for step-level checks).
         self.last_ticks: list[tuple[int, int]] = []
 
-    def _open(self) -> EventLog:
+    def _clock(self) -> int:
         # Recorded time follows the scenario's clock, so a log is a pure function of its steps.
-        return EventLog.open(str(self.path), clock=lambda: self.now)
+        return self.now
+
+    def _open(self) -> EventLog:
+        return EventLog.open(str(self.path), clock=self._clock)
 
     @property
     def engine(self) -> Any:
@@ -449,8 +530,10 @@ class Harness:
         elif op == "snapshot":
             self.node.snapshot()
             self.snapshots += 1
+            self.restored = True
         elif op == "restart":
             self.restart()
+            self.restored = True
         else:
             raise ValueError(f"unknown step {op!r}")
 
@@ -468,9 +551,15 @@ class Harness:
         self.run(observe_step(event))
 
     def restart(self) -> None:
-        """The node crashes (its memory is gone) and a new one resumes from the same file."""
-        self.log.close()
-        self.log = self._open()
+        """The node crashes (its memory is gone) and a new one resumes from the same file.
+
+        The new node gets a new log object (no cached stream heads, no buffered
+        batch) and rebuilds its engine from the database; only SQLAlchemy's
+        connection pool to the file survives, which holds no state of natrelay's:
+        opening the file again would cost more than the rest of a step and prove
+        nothing the eventlog tests do not.
+        """
+        self.log = EventLog(self.log.engine, location=self.log.location, clock=self._clock)
         self.node = Node(self.log, self.world, node=NODE, policy=self.scenario.policy)
 
     def close(self) -> None:
@@ -478,13 +567,38 @@ class Harness:
 
     # --- invariants --------------------------------------------------------
 
-    def check(self) -> None:
-        """Every invariant of docs/fuzzing.md; raises InvariantViolation on the first that fails."""
+    def check(self, *, full: bool | None = None) -> None:
+        """Every invariant of docs/fuzzing.md; raises InvariantViolation on the first that fails.
+
+        The replay invariants come from the shadow engines after every step; `full`
+        (default: every `full_every` checks) also replays the whole log from seq 0.
+        """
         watcher = self.watcher
-        watcher.catch_up(self.log)
+        for seq, event in watcher.catch_up(self.log):
+            self.shadow.feed(seq, event)
         watcher.flush_observation()
+        self.shadow.settle()
         self._check_ticks()
+        self.checks += 1
         live = self.engine.state()
+        folded = self.shadow.folded.state()
+        if self.restored and self.snapshots:
+            tail, _ = rebuild(self.log, NODE, use_snapshot=True)
+            if tail.state() != folded:
+                _fail("replay.snapshot_plus_tail_equals_full", _diff(tail.state(), folded, "snap", "full"))
+        self.restored = False
+        if folded != live:
+            _fail("replay.rebuild_equals_live", _diff(folded, live, "rebuilt", "live"))
+        if full if full is not None else self.checks % self.full_every == 0:
+            self._check_full_replays(live)
+        for key in sorted(watcher.peers):
+            self._check_peer(key, watcher.peers[key])
+
+    def finish(self) -> None:
+        """The end of a scenario: every invariant, with the full replays from seq 0."""
+        self.check(full=True)
+
+    def _check_full_replays(self, live: dict[str, Any]) -> None:
         full, _ = rebuild(self.log, NODE, use_snapshot=False)
         if full.state() != live:
             _fail("replay.rebuild_equals_live", _diff(full.state(), live, "rebuilt", "live"))
@@ -498,8 +612,6 @@ class Harness:
         if not result.ok:
             assert result.divergence is not None
             _fail("replay.verify_redecides_every_decision", result.divergence.message)
-        for key in sorted(watcher.peers):
-            self._check_peer(key, watcher.peers[key])
 
     def _check_ticks(self) -> None:
         for before, after in self.last_ticks:
@@ -658,6 +770,8 @@ def replay_scenario(scenario: Scenario, directory: Path, *, check: bool = True) 
             harness.run(step)
             if check:
                 harness.check()
+        if check:
+            harness.finish()
     finally:
         harness.close()
     return harness

@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 from hypothesis import HealthCheck, Phase, Verbosity, settings
@@ -133,6 +134,8 @@ class NatrelayMachine(RuleBasedStateMachine):
     """Drives one Node on a fresh SQLite log per example; the invariants run after every step."""
 
     record = RunRecord()
+    #: Where each example's policy comes from (a subclass may narrow it, e.g. the mutation check).
+    policy_strategy: ClassVar[st.SearchStrategy[Policy]] = policies()
 
     def __init__(self) -> None:
         super().__init__()
@@ -155,8 +158,16 @@ class NatrelayMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if self.harness is not None:
             type(self).record.last = self.harness.scenario
-            self.harness.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+            try:
+                # The end of a clean example: the full replays from seq 0 (the steps were
+                # checked against the shadow engines). Not after a failure: that one counts.
+                if sys.exc_info()[0] is None:
+                    self.harness.finish()
+            finally:
+                self.harness.close()
+                shutil.rmtree(self.directory, ignore_errors=True)
+        else:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def _observe(self, event: E.Event) -> None:
         self.h.observe(event)
@@ -166,7 +177,7 @@ class NatrelayMachine(RuleBasedStateMachine):
         return self.h.now
 
     @initialize(
-        policy=policies(),
+        data=st.data(),
         peers=st.lists(st.tuples(candidate_lists, accesses), max_size=len(PEERS)),
         relays=st.lists(
             st.tuples(st.sampled_from(RELAYS), st.sampled_from(REGIONS), st.integers(0, 15)),
@@ -177,13 +188,14 @@ class NatrelayMachine(RuleBasedStateMachine):
     )
     def start(
         self,
-        policy: Policy,
+        data: st.DataObject,
         peers: list[tuple[tuple[str, ...], str]],
         relays: list[tuple[str, str, int]],
         relays_work: frozenset[str],
         answering: frozenset[tuple[str, str]],
     ) -> None:
         """A fresh log and a mesh to start from: some relays, then some peers."""
+        policy = data.draw(type(self).policy_strategy, label="policy")
         self.harness = Harness(self.directory, policy)
         self.relays_work, self.answering = relays_work, answering
         for relay, region, capabilities in relays:

@@ -11,14 +11,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import attrs
 import pytest
+from hypothesis import strategies as st
 
 from natrelay.core import engine as engine_module
 from natrelay.core import lifecycle as lc
 from natrelay.core.engine import Engine
 from natrelay.core.events import HandshakeObserved, RelayEligibilityReached, RelayScore
+from natrelay.core.policy import Policy
 from natrelay.core.relay_cache import RelayCache
 from natrelay.core.relay_registry import RelayRegistry
+from natrelay.tools.fuzzing import NatrelayMachine
 
 
 @contextmanager
@@ -118,6 +122,27 @@ def tie_break_by_dict_order() -> Iterator[None]:
 
 
 @contextmanager
+def tie_break_by_object_identity() -> Iterator[None]:
+    """Relays with equal scores ranked by the memory address of their registry entries."""
+    original = RelayRegistry.rank
+
+    def rank(self: RelayRegistry, policy: Any, now: int, **options: Any) -> tuple[RelayScore, ...]:
+        ranked = original(self, policy, now, **options)
+        address = {relay: id(info) for relay, info in self.relays.items()}
+        score = {s.relay: s.score for s in ranked}
+        worked = options.get("worked_before", ())
+        lead = [s for s in ranked if s.relay in worked]
+        rest = sorted(
+            (s for s in ranked if s.relay not in worked), key=lambda s: (-score[s.relay], address[s.relay])
+        )
+        return (*lead, *rest)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RelayRegistry, "rank", rank)
+        yield
+
+
+@contextmanager
 def upgrade_never_fires() -> Iterator[None]:
     """A relayed peer keeps probing but never moves to the direct path that answered."""
     with pytest.MonkeyPatch.context() as patch:
@@ -125,10 +150,51 @@ def upgrade_never_fires() -> Iterator[None]:
         yield
 
 
-MUTANTS: dict[str, Callable[[], Any]] = {
-    "off_by_one_relay_threshold": off_by_one_relay_threshold,
-    "live_only_direct_sighting": live_only_direct_sighting,
-    "snapshot_drops_relay_track_record": snapshot_drops_relay_track_record,
-    "tie_break_by_dict_order": tie_break_by_dict_order,
-    "upgrade_never_fires": upgrade_never_fires,
+#: Short timers, so that a few steps reach relays, probes and upgrades.
+_QUICK = {
+    "step_interval_ms": 100,
+    "attempt_timeout_ms": 300,
+    "relay_connect_timeout_ms": 1_000,
+    "relay_retry_ms": 2_000,
+    "upgrade_probe_interval_ms": 500,
+    "switch_hysteresis_ms": 0,
+}
+#: The two policies of the mutation check: relay-first (relays, sessions, upgrades at once)
+#: and direct-first with a threshold of 2 (the threshold has a "one early" to get wrong).
+MUTATION_POLICIES = (
+    Policy(mode="relay_first", **_QUICK),
+    Policy(mode="direct_first", min_direct_attempts=2, **_QUICK),
+)
+
+
+class MutationMachine(NatrelayMachine):
+    """NatrelayMachine with every rule and every invariant, its policy drawn from two.
+
+    Drawing the policy from the whole space (17 fields) is right for finding
+    unknown bugs, but shrinking then spends hundreds of runs simplifying fields that
+    no mutant depends on; two fixed policies keep each mutant's hunt in seconds.
+    """
+
+    policy_strategy = st.sampled_from(MUTATION_POLICIES)
+
+
+@attrs.frozen
+class Mutant:
+    """A broken engine, the invariant that must catch it, and the budget to find it in."""
+
+    patch: Callable[[], Any]
+    caught_by: str
+    max_examples: int = 100
+    step_count: int = 10
+
+
+MUTANTS: dict[str, Mutant] = {
+    "off_by_one_relay_threshold": Mutant(off_by_one_relay_threshold, "policy.no_relay_before_threshold"),
+    "live_only_direct_sighting": Mutant(live_only_direct_sighting, "replay.rebuild_equals_live"),
+    "snapshot_drops_relay_track_record": Mutant(
+        snapshot_drops_relay_track_record, "replay.snapshot_plus_tail_equals_full"
+    ),
+    "tie_break_by_dict_order": Mutant(tie_break_by_dict_order, "relay.ranked_by_score_then_id"),
+    "tie_break_by_object_identity": Mutant(tie_break_by_object_identity, "relay.ranked_by_score_then_id"),
+    "upgrade_never_fires": Mutant(upgrade_never_fires, "paths.relayed_peer_upgrades", max_examples=200),
 }
