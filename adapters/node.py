@@ -66,7 +66,7 @@ class Node:
         self._pending.append((stream_of(observation, node), observation))
         self._pending.extend((stream_of(d, node), d) for d in reaction.decisions)
         self._pending_observations += 1
-        if self.flush_every == 1:
+        if self._pending_observations >= self.flush_every:
             self.flush()
         if self.on_reaction is not None:
             self.on_reaction(observation, reaction)

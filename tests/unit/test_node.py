@@ -9,7 +9,7 @@ import pytest
 from natrelay.adapters.memory import MemoryNetwork
 from natrelay.adapters.node import Node
 from natrelay.core.commands import TryDirectEndpoint
-from natrelay.core.events import PeerAdded, RelayAnnounced, stream_of
+from natrelay.core.events import PeerAdded, PeerRemoved, RelayAnnounced, stream_of
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import rebuild, verify
 from tests.conftest import make_key, policy
@@ -120,3 +120,19 @@ def test_a_failed_append_leaves_the_engine_no_further_than_the_log(sqlite_log: E
     assert node.engine.state()["peers"] == committed["peers"]
     assert len(network.executed) == executed, "no command runs for a decision that was not logged"
     assert [s.type for s in sqlite_log.read()].count("peer_added") == 1
+
+
+def test_batched_nodes_flush_every_n_observations(sqlite_log: EventLog) -> None:
+    network = MemoryNetwork()
+    node = Node(sqlite_log, network, node="n1", policy=policy(), flush_every=3)
+    assert sqlite_log.last_seq() == 0, "the PolicySet waits in the batch"
+    node.observe(PeerAdded(at=0, peer=P, candidates=(A,)))
+    assert sqlite_log.last_seq() == 0
+    node.observe(PeerAdded(at=0, peer=Q, candidates=(B,)))
+    assert sqlite_log.last_seq() == node.last_seq > 0, "the third observation flushed all three"
+    flushed = sqlite_log.last_seq()
+    node.observe(PeerRemoved(at=1, peer=Q))
+    assert sqlite_log.last_seq() == flushed, "one observation is not yet a batch"
+    node.flush()
+    assert sqlite_log.last_seq() > flushed
+    assert verify(sqlite_log, "n1").ok
