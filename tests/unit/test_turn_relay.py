@@ -65,8 +65,7 @@ def test_credentials_from_file(tmp_path) -> None:  # type: ignore[no-untyped-def
     assert "no-separator" not in str(info.value)
 
 
-def test_aioice_log_lines_carrying_a_credential_are_dropped(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_aioice_log_lines_carrying_a_credential_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
     _RedactSecrets.secrets.add("user-xyz-123")
     try:
         logger = logging.getLogger("aioice.turn")

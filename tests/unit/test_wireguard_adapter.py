@@ -59,8 +59,9 @@ def test_dump_of_an_interface_without_peers() -> None:
     assert status.fwmark == 0x1234
 
 
-@pytest.mark.parametrize("text", ["", "a\tb\n", f"{PRIVATE}\t{PUB_IF}\t51820\toff\nx\ty\n",
-                                  f"{PRIVATE}\t{PUB_IF}\tport\toff\n"])
+@pytest.mark.parametrize(
+    "text", ["", "a\tb\n", f"{PRIVATE}\t{PUB_IF}\t51820\toff\nx\ty\n", f"{PRIVATE}\t{PUB_IF}\tport\toff\n"]
+)
 def test_malformed_dump_raises_a_named_error_without_secrets(text: str) -> None:
     with pytest.raises(DumpParseError) as info:
         parse_dump(text)
@@ -70,9 +71,20 @@ def test_malformed_dump_raises_a_named_error_without_secrets(text: str) -> None:
 def test_set_peer_args_recreate_removes_and_adds_in_one_call() -> None:
     peer = PeerConfig(PUB_B, ("10.77.0.2/32",), "127.0.0.1:40000", 1)
     assert set_peer_args("wg0", peer, recreate=True) == [
-        "wg", "set", "wg0", "peer", PUB_B, "remove", "peer", PUB_B,
-        "allowed-ips", "10.77.0.2/32", "endpoint", "127.0.0.1:40000",
-        "persistent-keepalive", "1",
+        "wg",
+        "set",
+        "wg0",
+        "peer",
+        PUB_B,
+        "remove",
+        "peer",
+        PUB_B,
+        "allowed-ips",
+        "10.77.0.2/32",
+        "endpoint",
+        "127.0.0.1:40000",
+        "persistent-keepalive",
+        "1",
     ]
     assert "remove" not in set_peer_args("wg0", peer)
 
