@@ -314,9 +314,9 @@ class LogWatcher:
                 if facts.access != "relay_only":  # a relay-only peer ignores it, rightly
                     facts.direct_seen_seq = seq
                 if facts.model.state == lc.DIRECT_CONNECTED and facts.path == endpoint:
-                    facts.path_fresh_at = event.at
+                    facts.path_fresh_at = max(facts.path_fresh_at or 0, event.at)  # a late report is older
             elif facts.model.state == lc.RELAY_CONNECTED and facts.path == relay:
-                facts.path_fresh_at = event.at
+                facts.path_fresh_at = max(facts.path_fresh_at or 0, event.at)
         elif kind == "relay_announced":
             load, _ = self.relays.get(event.relay, (0, None))  # type: ignore[attr-defined]
             self.relays[event.relay] = (load, event.expires_at)  # type: ignore[attr-defined]

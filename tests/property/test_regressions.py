@@ -72,3 +72,17 @@ def test_a_relay_announced_to_a_direct_only_eligible_peer_changes_nothing_replay
         E.PeerAdded(at=0, peer=PEER, access="direct_only"),
         E.RelayAnnounced(at=0, relay="relay-a", region="eu"),
     )
+
+
+def test_a_late_handshake_does_not_make_the_watcher_think_a_fresh_path_stale(tmp_path: Path) -> None:
+    # The harness's own bug (natrelay fuzz, seed 3): the watcher took a handshake stamped in
+    # the past as the path's latest, while the engine rightly keeps the newest.
+    harness = _checked(
+        Harness(tmp_path, Policy(mode="direct_first", relays_enabled=False, handshake_freshness_ms=20_000)),
+        E.PeerAdded(at=0, peer=PEER, candidates=(ENDPOINT,)),
+        E.HandshakeObserved(at=0, peer=PEER, endpoint=ENDPOINT),
+        {"op": "advance", "by": 20_000},
+        E.HandshakeObserved(at=20_000, peer=PEER, endpoint=ENDPOINT),
+        E.HandshakeObserved(at=0, peer=PEER, endpoint=ENDPOINT),
+    )
+    assert harness.engine.peers[PEER].state == lc.DIRECT_CONNECTED
