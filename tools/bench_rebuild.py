@@ -1,8 +1,9 @@
-"""Rebuild a log's engine in a fresh interpreter: `python -m ...bench_rebuild LOG zero|snapshot`.
+"""Rebuild a log's engine in a fresh interpreter: `python -m ...bench_rebuild LOG MODE`.
 
-`zero` folds every event; `snapshot` first stores a snapshot at 90 % of the log
-(not timed), then times loading it and folding the tail. Prints wall seconds,
-events folded per second and the process's peak RSS, as JSON.
+MODE `make-snapshot` stores a snapshot at 90 % of the log (run it first, not
+timed); `zero` folds every event; `snapshot` loads that snapshot and folds the
+tail. Each timed mode runs in its own interpreter, so the peak RSS it prints is
+its own. Prints wall seconds, events folded and peak RSS, as JSON.
 """
 
 from __future__ import annotations
@@ -29,21 +30,20 @@ def _peak_rss_mb() -> float:
 def main(path: str, mode: str) -> dict[str, float]:
     with EventLog.open(path, create=False) as log:
         last = log.last_seq()
-        if mode == "snapshot":
-            at = int(last * 0.9)
-            engine, seq = rebuild(log, NODE, until_seq=at, use_snapshot=False)
+        if mode == "make-snapshot":
+            engine, seq = rebuild(log, NODE, until_seq=int(last * 0.9), use_snapshot=False)
             save_snapshot(log, NODE, engine, seq)
-            del engine
-            baseline = _peak_rss_mb()
-            folded = last - seq
-        elif mode == "zero":
-            baseline = _peak_rss_mb()
-            folded = last
-        else:
-            raise SystemExit(f"mode must be zero or snapshot, not {mode!r}")
+            return {"snapshot_seq": float(seq)}
+        if mode not in ("zero", "snapshot"):
+            raise SystemExit(f"mode must be make-snapshot, zero or snapshot, not {mode!r}")
+        snapshot = log.load_snapshot(f"engine:{NODE}") if mode == "snapshot" else None
+        if mode == "snapshot" and snapshot is None:
+            raise SystemExit("no snapshot: run make-snapshot first")
+        baseline = _peak_rss_mb()
         started = time.perf_counter()
         rebuild(log, NODE, use_snapshot=mode == "snapshot")
         elapsed = time.perf_counter() - started
+        folded = last - (snapshot.seq if snapshot is not None else 0)
     return {
         "s": round(elapsed, 3),
         "events_folded": float(folded),
