@@ -151,8 +151,9 @@ class Agent:
         for spec in cfg.relays:
             self._credentials[spec.server.relay_id] = spec.credentials.load()
         for peer in cfg.peers:
-            self.wireguard.add_peer(PeerConfig(peer.public_key, peer.allowed_ips, None,
-                                               cfg.persistent_keepalive))
+            self.wireguard.add_peer(
+                PeerConfig(peer.public_key, peer.allowed_ips, None, cfg.persistent_keepalive)
+            )
         fresh = self._seen_seq == 0
         if fresh or self.engine.policy != cfg.policy:
             if fresh:
@@ -167,9 +168,16 @@ class Agent:
         published = self._await_candidates([p.public_key for p in new])
         for peer in new:
             candidates = tuple(dict.fromkeys(peer.endpoints + published.get(peer.public_key, ())))
-            self.feed(PeerAdded(at=self.now(), peer=peer.public_key, name=peer.name,
-                                candidates=candidates, access=peer.access,  # type: ignore[arg-type]
-                                preferred_region=peer.preferred_region))
+            self.feed(
+                PeerAdded(
+                    at=self.now(),
+                    peer=peer.public_key,
+                    name=peer.name,
+                    candidates=candidates,
+                    access=peer.access,  # type: ignore[arg-type]
+                    preferred_region=peer.preferred_region,
+                )
+            )
         configured = {p.public_key for p in cfg.peers}
         for key in sorted(live - configured):
             self.feed(PeerRemoved(at=self.now(), peer=key))
@@ -200,8 +208,7 @@ class Agent:
         event = RelayAnnounced(at=self.now(), relay=relay, region=region, address=address)
         self._catch_up()
         reaction = self.engine.handle(event)
-        items = [(stream, event)] + [(stream_of(d, self.config.node), d)
-                                     for d in reaction.decisions]
+        items = [(stream, event)] + [(stream_of(d, self.config.node), d) for d in reaction.decisions]
         try:
             stored = self.log.append(items, expected_versions={stream: 0})
         except ConcurrencyError:
@@ -215,11 +222,21 @@ class Agent:
         """Put the data plane back where the log says the engine is."""
         for key, record in sorted(self.engine.peers.items()):
             if record.state == lc.RELAY_CONNECTED and record.path and record.session:
-                self.feed(RelaySessionClosed(at=self.now(), peer=key, relay=record.path,
-                                             session=record.session, reason="agent restarted"))
+                self.feed(
+                    RelaySessionClosed(
+                        at=self.now(),
+                        peer=key,
+                        relay=record.path,
+                        session=record.session,
+                        reason="agent restarted",
+                    )
+                )
             elif record.relay_pending is not None:
-                self.feed(RelaySessionFailed(at=self.now(), peer=key, relay=record.relay_pending,
-                                             reason="agent restarted"))
+                self.feed(
+                    RelaySessionFailed(
+                        at=self.now(), peer=key, relay=record.relay_pending, reason="agent restarted"
+                    )
+                )
             elif record.state == lc.DIRECT_CONNECTED and record.path:
                 self._set_endpoint(key, record.path)
                 self._path[key] = ("direct", record.path)
@@ -238,8 +255,13 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.start()
-        log.info("agent running: node %s, interface %s, %d peers, %d relays", self.config.node,
-                 self.interface, len(self.config.peers), len(self.config.relays))
+        log.info(
+            "agent running: node %s, interface %s, %d peers, %d relays",
+            self.config.node,
+            self.interface,
+            len(self.config.peers),
+            len(self.config.relays),
+        )
         try:
             while not stop.is_set():
                 self.step()
@@ -285,7 +307,8 @@ class Agent:
     def _rebuild(self) -> None:
         """Start over from the log (versions first: a later write makes the next append retry)."""
         self._relay_versions = self.log.stream_versions(
-            [f"relay/{r.server.relay_id}" for r in self.config.relays])
+            [f"relay/{r.server.relay_id}" for r in self.config.relays]
+        )
         self.engine, self._seen_seq = rebuild(self.log, self.config.node)
 
     def _after_append(self, stored: Sequence[Any]) -> None:
@@ -297,8 +320,7 @@ class Agent:
 
     def _catch_up(self) -> None:
         """Take in events of this node's view that other nodes wrote (relay health)."""
-        for seq, stream, event in self.log.read_events(self._seen_seq + 1,
-                                                       **node_view(self.config.node)):
+        for seq, stream, event in self.log.read_events(self._seen_seq + 1, **node_view(self.config.node)):
             self._seen_seq = seq
             if stream.startswith("relay/"):
                 self._relay_versions[stream] = self._relay_versions.get(stream, 0) + 1
@@ -307,10 +329,10 @@ class Agent:
             reaction = self.engine.handle(event)
             if reaction.decisions:
                 # Cannot happen with announce-once relays; log loudly if it does.
-                log.warning("a foreign %s at seq %d led to %d decisions", event.TYPE, seq,
-                            len(reaction.decisions))
-                stored = self.log.append([(stream_of(d, self.config.node), d)
-                                          for d in reaction.decisions])
+                log.warning(
+                    "a foreign %s at seq %d led to %d decisions", event.TYPE, seq, len(reaction.decisions)
+                )
+                stored = self.log.append([(stream_of(d, self.config.node), d) for d in reaction.decisions])
                 self._after_append(stored)
             self._execute_all(reaction.decisions, reaction.commands)
 
@@ -324,8 +346,7 @@ class Agent:
             try:
                 self.execute(command)
             except (WireGuardError, TurnError) as exc:
-                log.error("%s for %s failed: %s", type(command).__name__,
-                          command.peer[:8], exc)
+                log.error("%s for %s failed: %s", type(command).__name__, command.peer[:8], exc)
 
     # ---- commands ----------------------------------------------------------------------
 
@@ -345,8 +366,11 @@ class Agent:
             self._switch_path(command)
         elif isinstance(command, CloseRelaySession):
             for (peer, relay), session in list(self._sessions.items()):
-                if peer == command.peer and relay == command.relay and (
-                        command.session is None or session.session_id == command.session):
+                if (
+                    peer == command.peer
+                    and relay == command.relay
+                    and (command.session is None or session.session_id == command.session)
+                ):
                     del self._sessions[(peer, relay)]
                     self._spawn(self._close_session(peer, relay, session))
         elif isinstance(command, ForgetPeer):
@@ -415,21 +439,29 @@ class Agent:
         peer, relay = command.peer, command.relay
         spec = self.config.relay(relay)
         if spec is None:
-            self._pending.append(RelaySessionFailed(
-                at=self.now(), peer=peer, relay=relay, reason="relay not in this node's config"))
+            self._pending.append(
+                RelaySessionFailed(
+                    at=self.now(), peer=peer, relay=relay, reason="relay not in this node's config"
+                )
+            )
             return
         old = self._sessions.pop((peer, relay), None)
         if old is not None:
             await self._close_session(peer, relay, old)
-        session = TurnSession(spec.server, self._credentials[relay], peer,
-                              wireguard_addr=("127.0.0.1", self.listen_port),
-                              on_dead=self._session_dead)
+        session = TurnSession(
+            spec.server,
+            self._credentials[relay],
+            peer,
+            wireguard_addr=("127.0.0.1", self.listen_port),
+            on_dead=self._session_dead,
+        )
         self._sessions[(peer, relay)] = session
         try:
             budget = max(0.5, (command.deadline - self.now()) / 1000)
             relayed = await session.open(timeout=budget)
-            self.rendezvous.publish_relay_address(self.now(), self.me, peer, relay,
-                                                  session.session_id, relayed)
+            self.rendezvous.publish_relay_address(
+                self.now(), self.me, peer, relay, session.session_id, relayed
+            )
             while self.now() < command.deadline:
                 remote = self._remote.get(peer)
                 if remote is not None:
@@ -442,15 +474,17 @@ class Agent:
             if self._sessions.get((peer, relay)) is session:
                 del self._sessions[(peer, relay)]
             await self._close_session(peer, relay, session)
-            self._pending.append(RelaySessionFailed(at=self.now(), peer=peer, relay=relay,
-                                                    reason=str(exc)[:200]))
+            self._pending.append(
+                RelaySessionFailed(at=self.now(), peer=peer, relay=relay, reason=str(exc)[:200])
+            )
             return
         if self._sessions.get((peer, relay)) is not session:
             await session.close()  # closed or replaced meanwhile
             return
         self._spawn(self._report_health(session))
-        self._pending.append(RelaySessionEstablished(at=self.now(), peer=peer, relay=relay,
-                                                     session=session.session_id))
+        self._pending.append(
+            RelaySessionEstablished(at=self.now(), peer=peer, relay=relay, session=session.session_id)
+        )
 
     async def _report_health(self, session: TurnSession) -> None:
         relay = session.server.relay_id
@@ -460,23 +494,27 @@ class Agent:
             now = self.now()
             if rtt is not None and now - self._health_at.get(relay, 0) >= HEALTH_EVERY_MS:
                 self._health_at[relay] = now
-                self._pending.append(RelayHealthMeasured(at=now, relay=relay,
-                                                         rtt_ms=round(rtt), load=0))
+                self._pending.append(RelayHealthMeasured(at=now, relay=relay, rtt_ms=round(rtt), load=0))
 
     def _session_dead(self, session: TurnSession, reason: str) -> None:
         key = (session.peer, session.server.relay_id)
         if self._sessions.get(key) is not session:
             return
         del self._sessions[key]
-        self._pending.append(RelaySessionClosed(
-            at=self.now(), peer=session.peer, relay=session.server.relay_id,
-            session=session.session_id, reason=reason[:200]))
+        self._pending.append(
+            RelaySessionClosed(
+                at=self.now(),
+                peer=session.peer,
+                relay=session.server.relay_id,
+                session=session.session_id,
+                reason=reason[:200],
+            )
+        )
         self._spawn(self._close_session(session.peer, session.server.relay_id, session))
 
     async def _close_session(self, peer: str, relay: str, session: TurnSession) -> None:
         with contextlib.suppress(Exception):
-            self.rendezvous.withdraw_relay_address(self.now(), self.me, peer, relay,
-                                                   session.session_id)
+            self.rendezvous.withdraw_relay_address(self.now(), self.me, peer, relay, session.session_id)
         with contextlib.suppress(Exception):
             await session.close()
 
@@ -489,8 +527,7 @@ class Agent:
         except WireGuardError as exc:
             log.error("reading WireGuard failed: %s", exc)
             return
-        proxies = {s.local_endpoint: relay for (p, relay), s in self._sessions.items()
-                   if s.local_endpoint}
+        proxies = {s.local_endpoint: relay for (p, relay), s in self._sessions.items() if s.local_endpoint}
         for peer in status.peers:
             key = peer.public_key
             if key not in self.engine.peers:
@@ -579,15 +616,15 @@ class Agent:
                 if p == peer and session.remote is not None:
                     self._spawn(self._rebind(session, latest.payload["address"]))
 
-    def _published_candidates(self, record: Any, known: tuple[str, ...]
-                              ) -> CandidatesUpdated | InputRejected:
+    def _published_candidates(self, record: Any, known: tuple[str, ...]) -> CandidatesUpdated | InputRejected:
         """The candidates a rendezvous record publishes (after the configured ones), or their refusal."""
         payload = record.payload if isinstance(record.payload, dict) else {}
         published = payload.get("candidates", ())
         if not isinstance(published, list):
             published = [published]
-        return intake.candidates_updated(self.now(), "rendezvous", peer=record.sender,
-                                         candidates=list(known) + published)
+        return intake.candidates_updated(
+            self.now(), "rendezvous", peer=record.sender, candidates=list(known) + published
+        )
 
     async def _rebind(self, session: TurnSession, remote: str) -> None:
         try:
@@ -625,8 +662,9 @@ def stun_public_ip(host: str, port: int, timeout: float = 1.0) -> str | None:
     return mapped[0] if mapped else None
 
 
-async def run_agent(config: AgentConfig, interface: str, log_url: str,
-                    stop: asyncio.Event | None = None) -> None:
+async def run_agent(
+    config: AgentConfig, interface: str, log_url: str, stop: asyncio.Event | None = None
+) -> None:
     """Run until ``stop`` is set, or until SIGINT/SIGTERM."""
     import signal
 

@@ -92,40 +92,60 @@ class Rendezvous:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _publish(self, at: int, sender: str, recipient: str | None, kind: RecordKind,
-                 payload: dict[str, Any]) -> int:
+    def _publish(
+        self, at: int, sender: str, recipient: str | None, kind: RecordKind, payload: dict[str, Any]
+    ) -> int:
         with self.engine.begin() as conn:
-            result = conn.execute(records_table.insert().values(
-                at=at, sender=sender, recipient=recipient, kind=kind,
-                payload=orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)))
+            result = conn.execute(
+                records_table.insert().values(
+                    at=at,
+                    sender=sender,
+                    recipient=recipient,
+                    kind=kind,
+                    payload=orjson.dumps(payload, option=orjson.OPT_SORT_KEYS),
+                )
+            )
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def publish_candidates(self, at: int, sender: str, candidates: tuple[str, ...]) -> int:
         """``sender`` can be reached at these endpoints (to everyone)."""
         return self._publish(at, sender, None, "candidates", {"candidates": list(candidates)})
 
-    def publish_relay_address(self, at: int, sender: str, recipient: str, relay: str,
-                              session: str, address: str) -> int:
+    def publish_relay_address(
+        self, at: int, sender: str, recipient: str, relay: str, session: str, address: str
+    ) -> int:
         """``sender``'s session for ``recipient`` on ``relay`` receives at ``address``."""
-        return self._publish(at, sender, recipient, "relay_address",
-                             {"relay": relay, "session": session, "address": address})
+        return self._publish(
+            at, sender, recipient, "relay_address", {"relay": relay, "session": session, "address": address}
+        )
 
-    def withdraw_relay_address(self, at: int, sender: str, recipient: str, relay: str,
-                               session: str) -> int:
-        return self._publish(at, sender, recipient, "relay_withdrawn",
-                             {"relay": relay, "session": session})
+    def withdraw_relay_address(self, at: int, sender: str, recipient: str, relay: str, session: str) -> int:
+        return self._publish(at, sender, recipient, "relay_withdrawn", {"relay": relay, "session": session})
 
     def poll(self, recipient: str, after_seq: int = 0, limit: int = 1000) -> list[Record]:
         """Records for ``recipient`` (or for everyone) after ``after_seq``, oldest first."""
         t = records_table
-        query = (sa.select(t).where(t.c.seq > after_seq)
-                 .where(sa.or_(t.c.recipient == recipient, t.c.recipient.is_(None)))
-                 .where(t.c.sender != recipient)
-                 .order_by(t.c.seq).limit(limit))
+        query = (
+            sa.select(t)
+            .where(t.c.seq > after_seq)
+            .where(sa.or_(t.c.recipient == recipient, t.c.recipient.is_(None)))
+            .where(t.c.sender != recipient)
+            .order_by(t.c.seq)
+            .limit(limit)
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [Record(seq=r.seq, at=r.at, sender=r.sender, recipient=r.recipient, kind=r.kind,
-                       payload=orjson.loads(r.payload)) for r in rows]
+        return [
+            Record(
+                seq=r.seq,
+                at=r.at,
+                sender=r.sender,
+                recipient=r.recipient,
+                kind=r.kind,
+                payload=orjson.loads(r.payload),
+            )
+            for r in rows
+        ]
 
 
 def latest_relay_address(records: list[Record], sender: str) -> Record | None:
@@ -136,7 +156,10 @@ def latest_relay_address(records: list[Record], sender: str) -> Record | None:
             continue
         if record.kind == "relay_address":
             current = record
-        elif (record.kind == "relay_withdrawn" and current is not None
-              and current.payload.get("session") == record.payload.get("session")):
+        elif (
+            record.kind == "relay_withdrawn"
+            and current is not None
+            and current.payload.get("session") == record.payload.get("session")
+        ):
             current = None
     return current

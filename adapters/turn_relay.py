@@ -68,7 +68,7 @@ class TurnServer:
         """Parse ``turn:host[:port][?transport=udp]`` (only UDP is supported)."""
         if not url.startswith("turn:"):
             raise TurnError(f"relay {relay_id}: only turn: URLs are supported, got {url!r}")
-        rest = url[len("turn:"):]
+        rest = url[len("turn:") :]
         hostport, _, query = rest.partition("?")
         transport = urllib.parse.parse_qs(query).get("transport", ["udp"])[0]
         if transport != "udp":
@@ -98,9 +98,13 @@ class TurnCredentials:
     __str__ = __repr__
 
     @classmethod
-    def from_env_or_file(cls, *, username_env: str | None = None,
-                         password_env: str | None = None,
-                         file: str | os.PathLike[str] | None = None) -> TurnCredentials:
+    def from_env_or_file(
+        cls,
+        *,
+        username_env: str | None = None,
+        password_env: str | None = None,
+        file: str | os.PathLike[str] | None = None,
+    ) -> TurnCredentials:
         """Read credentials from environment variables, or a file holding ``user:password``."""
         if file is not None:
             text = Path(file).read_text().strip()
@@ -111,8 +115,7 @@ class TurnCredentials:
         username = os.environ.get(username_env or "") if username_env else None
         password = os.environ.get(password_env or "") if password_env else None
         if not username or password is None:
-            raise TurnError(
-                f"TURN credentials not found: set {username_env} and {password_env}")
+            raise TurnError(f"TURN credentials not found: set {username_env} and {password_env}")
         return cls(username, password)
 
 
@@ -204,9 +207,11 @@ class TurnSession:
     _last_refresh: float = 0.0
 
     def __repr__(self) -> str:
-        return (f"TurnSession(relay={self.server.relay_id!r}, session={self.session_id!r}, "
-                f"relayed={self.relayed_address!r}, remote={self.remote!r}, "
-                f"local={self.local_endpoint!r})")
+        return (
+            f"TurnSession(relay={self.server.relay_id!r}, session={self.session_id!r}, "
+            f"relayed={self.relayed_address!r}, remote={self.remote!r}, "
+            f"local={self.local_endpoint!r})"
+        )
 
     @property
     def local_endpoint(self) -> str | None:
@@ -226,21 +231,29 @@ class TurnSession:
         try:
             self._turn, _ = await asyncio.wait_for(
                 create_turn_endpoint(
-                    lambda: _FromRelay(self), (self.server.host, self.server.port),
-                    self.credentials.username, self.credentials.password,
-                    lifetime=self.lifetime, channel_refresh_time=AIOICE_CHANNEL_REFRESH),
-                timeout)
+                    lambda: _FromRelay(self),
+                    (self.server.host, self.server.port),
+                    self.credentials.username,
+                    self.credentials.password,
+                    lifetime=self.lifetime,
+                    channel_refresh_time=AIOICE_CHANNEL_REFRESH,
+                ),
+                timeout,
+            )
         except TimeoutError:
-            raise TurnError(f"relay {self.server.relay_id} ({self.server.address}): "
-                            f"no allocation within {timeout} s") from None
+            raise TurnError(
+                f"relay {self.server.relay_id} ({self.server.address}): no allocation within {timeout} s"
+            ) from None
         except Exception as exc:
-            raise TurnError(f"relay {self.server.relay_id} ({self.server.address}): "
-                            f"allocation failed: {_describe(exc)}") from None
+            raise TurnError(
+                f"relay {self.server.relay_id} ({self.server.address}): allocation failed: {_describe(exc)}"
+            ) from None
         self._inner = _inner_protocol(self._turn)
         self.relayed_address = _fmt(self._turn.get_extra_info("sockname"))
         self.mapped_address = _fmt(self._turn.get_extra_info("related_address"))
         self._local, _ = await loop.create_datagram_endpoint(
-            lambda: _FromWireGuard(self), local_addr=("127.0.0.1", 0))
+            lambda: _FromWireGuard(self), local_addr=("127.0.0.1", 0)
+        )
         self._last_refresh = time.monotonic()
         self._tasks.append(asyncio.create_task(self._monitor(), name=f"turn-{self.session_id}"))
         return self.relayed_address or ""
@@ -257,8 +270,9 @@ class TurnSession:
         try:
             await asyncio.wait_for(self._inner.channel_bind(channel, addr), timeout)
         except Exception as exc:
-            raise TurnError(f"relay {self.server.relay_id}: channel to {remote} failed: "
-                            f"{_describe(exc)}") from None
+            raise TurnError(
+                f"relay {self.server.relay_id}: channel to {remote} failed: {_describe(exc)}"
+            ) from None
         # Tell aioice the channel exists so its send path uses it without binding again.
         self._inner.channel_to_peer[channel] = addr
         self._inner.peer_to_channel[addr] = channel
@@ -296,15 +310,15 @@ class TurnSession:
 
         if self._inner is None or self._inner.transport.is_closing():
             raise TurnError(f"relay {self.server.relay_id}: allocation is gone")
-        request = stun.Message(message_method=stun.Method.REFRESH,
-                               message_class=stun.Class.REQUEST)
+        request = stun.Message(message_method=stun.Method.REFRESH, message_class=stun.Class.REQUEST)
         request.attributes["LIFETIME"] = self.lifetime
         started = time.monotonic()
         try:
             await asyncio.wait_for(self._inner.request_with_retry(request), self.probe_timeout)
         except TimeoutError:
-            raise TurnError(f"relay {self.server.relay_id}: no answer within "
-                            f"{self.probe_timeout} s") from None
+            raise TurnError(
+                f"relay {self.server.relay_id}: no answer within {self.probe_timeout} s"
+            ) from None
         except Exception as exc:
             raise TurnError(f"relay {self.server.relay_id}: {_describe(exc)}") from None
         self.last_rtt_ms = (time.monotonic() - started) * 1000
@@ -314,8 +328,9 @@ class TurnSession:
         """Renew the channel binding (and the permission it carries) to the remote."""
         if self._channel is None or self.remote is None or self._inner is None:
             return
-        await asyncio.wait_for(self._inner.channel_bind(self._channel, _addr(self.remote)),
-                               self.probe_timeout * 3)
+        await asyncio.wait_for(
+            self._inner.channel_bind(self._channel, _addr(self.remote)), self.probe_timeout * 3
+        )
         self._inner.channel_refresh_at[self._channel] = time.time() + AIOICE_CHANNEL_REFRESH
         self._last_refresh = time.monotonic()
 
@@ -379,8 +394,10 @@ def _inner_protocol(turn_transport: Any) -> Any:
     """aioice keeps the TURN client protocol private; the session needs it to bind channels."""
     inner = getattr(turn_transport, "_TurnTransport__inner_protocol", None)
     if inner is None or not hasattr(inner, "channel_bind"):
-        raise TurnError("this aioice version hides its TURN client protocol; "
-                        "natrelay needs aioice>=0.9 with TurnTransport.__inner_protocol")
+        raise TurnError(
+            "this aioice version hides its TURN client protocol; "
+            "natrelay needs aioice>=0.9 with TurnTransport.__inner_protocol"
+        )
     return inner
 
 

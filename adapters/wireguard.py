@@ -110,20 +110,26 @@ def parse_dump(text: str) -> InterfaceStatus:
             raise DumpParseError(f"peer line {number} has {len(fields)} fields, expected 8")
         key, psk, endpoint, allowed, handshake, rx, tx, keepalive = fields
         try:
-            peers.append(PeerStatus(
-                public_key=key,
-                endpoint=_none(endpoint),
-                allowed_ips=tuple(a for a in (_none(allowed) or "").split(",") if a),
-                latest_handshake=int(handshake),
-                rx_bytes=int(rx),
-                tx_bytes=int(tx),
-                persistent_keepalive=_keepalive(keepalive),
-                has_preshared_key=_none(psk) is not None,
-            ))
+            peers.append(
+                PeerStatus(
+                    public_key=key,
+                    endpoint=_none(endpoint),
+                    allowed_ips=tuple(a for a in (_none(allowed) or "").split(",") if a),
+                    latest_handshake=int(handshake),
+                    rx_bytes=int(rx),
+                    tx_bytes=int(tx),
+                    persistent_keepalive=_keepalive(keepalive),
+                    has_preshared_key=_none(psk) is not None,
+                )
+            )
         except ValueError as exc:
             raise DumpParseError(f"peer line {number}: {exc}") from None
-    return InterfaceStatus(public_key=head[1], listen_port=listen_port, fwmark=fwmark,
-                           peers=tuple(sorted(peers, key=lambda p: p.public_key)))
+    return InterfaceStatus(
+        public_key=head[1],
+        listen_port=listen_port,
+        fwmark=fwmark,
+        peers=tuple(sorted(peers, key=lambda p: p.public_key)),
+    )
 
 
 @attrs.frozen
@@ -145,8 +151,7 @@ def set_peer_args(interface: str, peer: PeerConfig, *, recreate: bool = False) -
     args = ["wg", "set", interface]
     if recreate:
         args += ["peer", peer.public_key, "remove"]
-    args += ["peer", peer.public_key, "allowed-ips",
-             ",".join(peer.allowed_ips)]
+    args += ["peer", peer.public_key, "allowed-ips", ",".join(peer.allowed_ips)]
     if peer.endpoint is not None:
         args += ["endpoint", peer.endpoint]
     if peer.persistent_keepalive is not None:
@@ -154,8 +159,7 @@ def set_peer_args(interface: str, peer: PeerConfig, *, recreate: bool = False) -
     return args
 
 
-def classify_failure(interface: str, argv: Sequence[str], returncode: int,
-                     stderr: str) -> WireGuardError:
+def classify_failure(interface: str, argv: Sequence[str], returncode: int, stderr: str) -> WireGuardError:
     """Turn a failed `wg` run into the right error, with a message a person can act on."""
     message = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {returncode}"
     if "Unable to access interface" in message or "No such device" in message:
@@ -184,8 +188,7 @@ class WireGuard:
         try:
             proc = self.runner(argv)
         except FileNotFoundError:
-            raise WgNotFound(
-                f"`{self.wg_binary}` not found on PATH: install wireguard-tools") from None
+            raise WgNotFound(f"`{self.wg_binary}` not found on PATH: install wireguard-tools") from None
         except subprocess.TimeoutExpired:
             raise WgCommandFailed(f"`wg` on {self.interface!r} timed out") from None
         if proc.returncode != 0:
@@ -215,10 +218,10 @@ class WireGuard:
         if config is None:
             current = self.show().peer(public_key)
             if current is None:
-                raise WgCommandFailed(
-                    f"peer {public_key[:8]}… is not configured on {self.interface!r}")
-            config = PeerConfig(public_key, current.allowed_ips, current.endpoint,
-                                current.persistent_keepalive)
+                raise WgCommandFailed(f"peer {public_key[:8]}… is not configured on {self.interface!r}")
+            config = PeerConfig(
+                public_key, current.allowed_ips, current.endpoint, current.persistent_keepalive
+            )
         config = attrs.evolve(config, endpoint=endpoint)
         recreate = handshake_now and config.persistent_keepalive is not None
         self._run(set_peer_args(self.interface, config, recreate=recreate))

@@ -182,9 +182,7 @@ class PostgresBackend(Backend):
     def locked_last_seq(self, cursor: Any) -> int:
         # One round trip: EXCLUSIVE blocks other writers (ROW EXCLUSIVE) but
         # not readers; max(seq) is read after the lock is granted.
-        cursor.execute(
-            "LOCK TABLE events IN EXCLUSIVE MODE; SELECT coalesce(max(seq), 0) FROM events"
-        )
+        cursor.execute("LOCK TABLE events IN EXCLUSIVE MODE; SELECT coalesce(max(seq), 0) FROM events")
         cursor.nextset()
         return int(cursor.fetchone()[0])
 

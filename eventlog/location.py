@@ -91,9 +91,7 @@ def create_log_engine(url: URL, *, create: bool) -> Engine:
     if url.get_backend_name() == "sqlite":
         memory = url.database in (None, "", ":memory:")
         if memory:
-            engine = create_engine(
-                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
-            )
+            engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
             assert url.database is not None
             _create_sqlite_file(url.database, create)
@@ -108,7 +106,5 @@ def create_log_engine(url: URL, *, create: bool) -> Engine:
     try:
         import psycopg  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the installation
-        raise BadLogURL(
-            "a PostgreSQL log needs psycopg 3: pip install 'natrelay[postgres]'"
-        ) from None
+        raise BadLogURL("a PostgreSQL log needs psycopg 3: pip install 'natrelay[postgres]'") from None
     return create_engine(url, pool_size=8, max_overflow=32)

@@ -149,9 +149,7 @@ class EventLog:
                     seq += 1
                     version = versions.get(stream, 0) + 1
                     versions[stream] = version
-                    rows.append(
-                        (seq, stream, version, type_name, schema_version, at, recorded, payload)
-                    )
+                    rows.append((seq, stream, version, type_name, schema_version, at, recorded, payload))
                 if rows:
                     backend.insert(cursor, rows)
                 heads.last_seq = seq
@@ -165,17 +163,13 @@ class EventLog:
                 ) from exc
             if isinstance(exc, Exception) and _is_storage_failure(exc):
                 # Disk full, read-only, I/O error: the transaction was rolled back.
-                raise LogWriteError(
-                    f"cannot append to {self.location}: {exc}; nothing was appended"
-                ) from exc
+                raise LogWriteError(f"cannot append to {self.location}: {exc}; nothing was appended") from exc
             raise
         finally:
             raw.close()
         return [StoredEvent(*row) for row in rows]
 
-    def save_snapshot(
-        self, name: str, seq: int, state: bytes, *, state_format: str = "orjson"
-    ) -> Snapshot:
+    def save_snapshot(self, name: str, seq: int, state: bytes, *, state_format: str = "orjson") -> Snapshot:
         """Store projection state `state` as of `seq` under `name`.
 
         Saving the same state again is a no-op that returns the stored
@@ -196,18 +190,12 @@ class EventLog:
         with self._engine.connect() as conn, conn.begin():
             last = conn.execute(select(func.max(schema.events.c.seq))).scalar() or 0
             if not 0 <= seq <= last:
-                raise SnapshotError(
-                    f"cannot snapshot {name!r} at seq {seq}: the log ends at seq {last}"
-                )
+                raise SnapshotError(f"cannot snapshot {name!r} at seq {seq}: the log ends at seq {last}")
             table = schema.snapshots
-            existing = conn.execute(
-                select(table).where(table.c.name == name, table.c.seq == seq)
-            ).first()
+            existing = conn.execute(select(table).where(table.c.name == name, table.c.seq == seq)).first()
             if existing is not None:
                 if bytes(existing.state) == snapshot.state and existing.format == snapshot.format:
-                    return Snapshot(
-                        name, seq, existing.created_time, existing.format, bytes(existing.state)
-                    )
+                    return Snapshot(name, seq, existing.created_time, existing.format, bytes(existing.state))
                 raise SnapshotError(
                     f"snapshot {name!r} at seq {seq} exists with a different state;"
                     " snapshots are never replaced"

@@ -32,9 +32,7 @@ def _create_tables(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.events, schema.snapshots, schema.meta])
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "events, snapshots and meta tables", _create_tables),
-)
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "events, snapshots and meta tables", _create_tables),)
 
 #: The format this code writes: the number of the last migration.
 FORMAT_VERSION = MIGRATIONS[-1].version
@@ -48,9 +46,7 @@ def stored_format_version(conn: Connection) -> int | None:
     inspector = inspect(conn)
     if not inspector.has_table("meta"):
         if inspector.has_table("events"):
-            raise LogFormatError(
-                "the database has an `events` table but no `meta` table: not a natrelay log"
-            )
+            raise LogFormatError("the database has an `events` table but no `meta` table: not a natrelay log")
         return None
     value = conn.execute(
         select(schema.meta.c.value).where(schema.meta.c.key == "format_version")

@@ -93,9 +93,7 @@ def encode(event: Event) -> tuple[str, int, int, bytes]:
 # --- decoding ------------------------------------------------------------------
 
 #: (type, schema_version) -> the class to build directly, for current-schema rows.
-_CURRENT: dict[tuple[str, int], type[Event]] = {
-    (cls.TYPE, cls.VERSION): cls for cls in EVENT_TYPES.values()
-}
+_CURRENT: dict[tuple[str, int], type[Event]] = {(cls.TYPE, cls.VERSION): cls for cls in EVENT_TYPES.values()}
 
 
 def decode(type_name: str, schema_version: int, payload: bytes, seq: int | None = None) -> Event:

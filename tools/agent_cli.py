@@ -23,15 +23,16 @@ from natrelay.eventlog import EventLogError
 
 
 def agent(
-    interface: Annotated[str, typer.Option("--interface", "-i",
-                                           help="WireGuard interface to drive")],
+    interface: Annotated[str, typer.Option("--interface", "-i", help="WireGuard interface to drive")],
     log_url: Annotated[str, typer.Option("--log", help="event log: a file path or database URL")],
     config: Annotated[Path, typer.Option("--config", "-c", help="the node's TOML configuration")],
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every step")] = False,
 ) -> None:
     """Run this node's mesh agent until Ctrl-C (or SIGTERM); a restart resumes from the log."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if not verbose:
         logging.getLogger("aioice").setLevel(logging.WARNING)
     try:

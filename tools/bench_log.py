@@ -69,18 +69,23 @@ def generate_events(count: int, *, peers: int = 1000, seed: int = 0) -> Items:
         if kind == 0:
             event = E.HandshakeObserved(at=at, peer=keys[p], endpoint=endpoints[p])
         elif kind == 1:
-            event = E.DirectAttemptTimedOut(
-                at=at, peer=keys[p], endpoint=endpoints[p], attempt=1 + i % 7
-            )
+            event = E.DirectAttemptTimedOut(at=at, peer=keys[p], endpoint=endpoints[p], attempt=1 + i % 7)
         elif kind == 2:
             event = E.DirectAttemptStarted(
-                at=at, peer=keys[p], endpoint=endpoints[p], attempt=1 + i % 7,
-                deadline=at + 1000, reason="direct round",
+                at=at,
+                peer=keys[p],
+                endpoint=endpoints[p],
+                attempt=1 + i % 7,
+                deadline=at + 1000,
+                reason="direct round",
             )
         elif kind == 3:
             event = E.RelayHealthMeasured(
-                at=at, relay=f"relay-{i % 8}", rtt_ms=rng.randrange(5, 300),
-                load=rng.randrange(90), loss=0.01,
+                at=at,
+                relay=f"relay-{i % 8}",
+                rtt_ms=rng.randrange(5, 300),
+                load=rng.randrange(90),
+                loss=0.01,
             )
         else:
             event = E.Tick(at=at)
@@ -95,8 +100,7 @@ def _numbered_rows(items: Items) -> list[tuple[Any, ...]]:
     for seq, (stream, event) in enumerate(items, start=1):
         versions[stream] = versions.get(stream, 0) + 1
         rows.append(
-            (seq, stream, versions[stream], event.TYPE, event.VERSION, event.at, 0,
-             codec.to_payload(event))
+            (seq, stream, versions[stream], event.TYPE, event.VERSION, event.at, 0, codec.to_payload(event))
         )
     return rows
 
@@ -155,9 +159,7 @@ def natrelay_append_eps(url: str, items: Items, batch_size: int) -> float:
         return _timed(work)
 
 
-def natrelay_concurrent_append_eps(
-    url: str, items: Items, writers: int, batch_size: int
-) -> float:
+def natrelay_concurrent_append_eps(url: str, items: Items, writers: int, batch_size: int) -> float:
     """Total events/s of `writers` threads, each with its own share, appending at once."""
     with EventLog.open(url, clock=lambda: 0) as log:
         shares = [items[w::writers] for w in range(writers)]
@@ -317,9 +319,13 @@ def eventsourcing_pg_eps(libpq_url: str, items: Items, batch_size: int = 1000) -
     options = parse_qs(parsed.query).get("options", [""])[0]
     schema = unquote(options).split("search_path=", 1)[1]
     datastore = PostgresDatastore(
-        dbname=parsed.path.lstrip("/"), host=parsed.hostname or "127.0.0.1",
-        port=parsed.port or 5432, user=parsed.username or "postgres",
-        password=parsed.password or "", schema=schema, originator_id_type="text",
+        dbname=parsed.path.lstrip("/"),
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 5432,
+        user=parsed.username or "postgres",
+        password=parsed.password or "",
+        schema=schema,
+        originator_id_type="text",
     )
     try:
         recorder = PostgresApplicationRecorder(datastore)
@@ -470,5 +476,8 @@ def run(
 if __name__ == "__main__":  # pragma: no cover - a convenience, `natrelay bench` is the CLI
     import sys
 
-    print(orjson.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000),
-                       option=orjson.OPT_INDENT_2).decode())
+    print(
+        orjson.dumps(
+            run(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000), option=orjson.OPT_INDENT_2
+        ).decode()
+    )

@@ -198,14 +198,24 @@ class Topology:
         run(["ip", "link", "set", inside, "up"], ns=ns)
         return inside
 
-    def spawn(self, key: str, cmd: Sequence[str], *, ns: str, env: dict[str, str] | None = None,
-              log: Path | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self,
+        key: str,
+        cmd: Sequence[str],
+        *,
+        ns: str,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         """Start a long-running process inside ``ns``; teardown kills it by pid."""
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, *cmd],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
         if log:
             out.close()  # type: ignore[union-attr]
@@ -301,9 +311,17 @@ class Topology:
             ["wg", "pubkey"], input=private_key, capture_output=True, text=True, check=True
         ).stdout.strip()
         peer = Peer(
-            name=name, ns=ns, router_ns=router_ns, index=index, lan_ip=f"{lan_net}.2",
-            wan_ip=f"{INTERNET_NET}.{100 + index}", wan_if=wan_if, wg_if=wg_if,
-            tunnel_ip=f"{TUNNEL_NET}.{index}", private_key=private_key, public_key=public_key,
+            name=name,
+            ns=ns,
+            router_ns=router_ns,
+            index=index,
+            lan_ip=f"{lan_net}.2",
+            wan_ip=f"{INTERNET_NET}.{100 + index}",
+            wan_if=wan_if,
+            wg_if=wg_if,
+            tunnel_ip=f"{TUNNEL_NET}.{index}",
+            private_key=private_key,
+            public_key=public_key,
         )
         self.peers[name] = peer
         self.set_nat(name, nat)
@@ -313,7 +331,9 @@ class Topology:
     def _start_wireguard(self, peer: Peer) -> None:
         self._wg_ifs.append(peer.wg_if)
         self.spawn(
-            f"wg-{peer.name}", ["wireguard-go", "-f", peer.wg_if], ns=peer.ns,
+            f"wg-{peer.name}",
+            ["wireguard-go", "-f", peer.wg_if],
+            ns=peer.ns,
             env={"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"},
             log=self.workdir / f"wg-{peer.name}.log",
         )
@@ -326,8 +346,10 @@ class Topology:
         key_file = self.workdir / f"wg-{peer.name}.key"
         key_file.write_text(peer.private_key + "\n")
         key_file.chmod(0o600)
-        run(["wg", "set", peer.wg_if, "private-key", str(key_file),
-             "listen-port", str(peer.listen_port)], ns=peer.ns)
+        run(
+            ["wg", "set", peer.wg_if, "private-key", str(key_file), "listen-port", str(peer.listen_port)],
+            ns=peer.ns,
+        )
         run(["ip", "addr", "add", f"{peer.tunnel_ip}/24", "dev", peer.wg_if], ns=peer.ns)
         run(["ip", "link", "set", peer.wg_if, "up"], ns=peer.ns)
 
@@ -345,19 +367,35 @@ class Topology:
         for table in ("nat", "filter"):
             run(["iptables", "-t", table, "-F"], ns=peer_router)
         if kind != "none":
-            masquerade = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan_if,
-                          "-j", "MASQUERADE"]
+            masquerade = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan_if, "-j", "MASQUERADE"]
             if kind == "symmetric":
                 masquerade.append("--random-fully")
             run(masquerade, ns=peer_router)
             for chain in ("INPUT", "FORWARD"):
-                run(["iptables", "-A", chain, "-i", wan_if, "-m", "conntrack",
-                     "--ctstate", "NEW,INVALID", "-j", "DROP"], ns=peer_router)
+                run(
+                    [
+                        "iptables",
+                        "-A",
+                        chain,
+                        "-i",
+                        wan_if,
+                        "-m",
+                        "conntrack",
+                        "--ctstate",
+                        "NEW,INVALID",
+                        "-j",
+                        "DROP",
+                    ],
+                    ns=peer_router,
+                )
         if flush == "all":
             self.flush_conntrack(name)
         elif flush == "wireguard":
-            run(["conntrack", "-D", "-p", "udp", "--orig-port-src",
-                 str(self.peers[name].listen_port)], ns=peer_router, check=False)
+            run(
+                ["conntrack", "-D", "-p", "udp", "--orig-port-src", str(self.peers[name].listen_port)],
+                ns=peer_router,
+                check=False,
+            )
         self.nats[name] = kind
 
     def flush_conntrack(self, name: str) -> None:
@@ -374,8 +412,24 @@ class Topology:
         kind = self.nats[name]
         router, wan_if = f"{self.prefix}-nat{name}", self.peers[name].wan_if
         run(["iptables", "-t", "nat", "-F"], ns=router)
-        run(["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan_if, "-p", "udp",
-             "-j", "MASQUERADE", "--to-ports", "40000-40999"], ns=router)
+        run(
+            [
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                wan_if,
+                "-p",
+                "udp",
+                "-j",
+                "MASQUERADE",
+                "--to-ports",
+                "40000-40999",
+            ],
+            ns=router,
+        )
         self.flush_conntrack(name)
         time.sleep(settle)
         self.set_nat(name, kind, flush="none")
@@ -388,9 +442,12 @@ class Topology:
 
     def ping(self, src: str, dst: str, count: int = 1, timeout_s: int = 2) -> bool:
         """Ping ``dst``'s tunnel address from ``src``'s namespace; True when it answered."""
-        proc = run(["ping", "-n", "-c", str(count), "-W", str(timeout_s),
-                    self.peers[dst].tunnel_ip], ns=self.peers[src].ns, check=False,
-                   timeout=count * timeout_s + 5)
+        proc = run(
+            ["ping", "-n", "-c", str(count), "-W", str(timeout_s), self.peers[dst].tunnel_ip],
+            ns=self.peers[src].ns,
+            check=False,
+            timeout=count * timeout_s + 5,
+        )
         return proc.returncode == 0
 
     # ---- teardown ----------------------------------------------------------------------
@@ -446,17 +503,17 @@ def cleanup_stale() -> list[str]:
                 if ns_link != os.readlink("/proc/self/ns/net"):
                     os.kill(pid, signal.SIGKILL)
         workdir = state.get("workdir")
-        _remove(state.get("namespaces", []), state.get("wg_ifs", []),
-                Path(workdir) if workdir else None)
+        _remove(state.get("namespaces", []), state.get("wg_ifs", []), Path(workdir) if workdir else None)
         state_file.unlink(missing_ok=True)
         removed.append(state_file.stem)
     return removed
 
 
 @contextlib.contextmanager
-def topology(relays: Sequence[str] = ("r1", "r2"),
-             peers: Sequence[tuple[str, NatKind]] = (("a", "preserving"), ("b", "preserving")),
-             ) -> Iterator[Topology]:
+def topology(
+    relays: Sequence[str] = ("r1", "r2"),
+    peers: Sequence[tuple[str, NatKind]] = (("a", "preserving"), ("b", "preserving")),
+) -> Iterator[Topology]:
     """Build a whole topology, yield it, and always tear it down."""
     topo = Topology()
     try:
@@ -489,8 +546,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for relay in topo.relays.values():
             print(f"relay {relay.name}: ns={relay.ns} {relay.url}")
         for peer in topo.peers.values():
-            print(f"peer {peer.name}: ns={peer.ns} nat={topo.nats[peer.name]} wg={peer.wg_if} "
-                  f"wan={peer.wan_ip} tunnel={peer.tunnel_ip} key={peer.public_key}")
+            print(
+                f"peer {peer.name}: ns={peer.ns} nat={topo.nats[peer.name]} wg={peer.wg_if} "
+                f"wan={peer.wan_ip} tunnel={peer.tunnel_ip} key={peer.public_key}"
+            )
         with contextlib.suppress(EOFError):
             input("Enter to tear down> ") if sys.stdin.isatty() else None
     return 0

@@ -19,8 +19,12 @@ from mesh import Mesh
 def _prerequisites() -> None:
     missing = missing_prerequisites()
     if missing:
-        pytest.fail("end-to-end tests need: " + ", ".join(missing)
-                    + " (install .ci/apt-packages.txt and run as root)", pytrace=False)
+        pytest.fail(
+            "end-to-end tests need: "
+            + ", ".join(missing)
+            + " (install .ci/apt-packages.txt and run as root)",
+            pytrace=False,
+        )
     cleanup_stale()
 
 

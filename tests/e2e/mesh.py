@@ -71,18 +71,34 @@ class Mesh:
         if not cred.exists():
             cred.touch(mode=0o600)
             cred.write_text(f"{topo.turn_user}:{topo.turn_password}\n")
-        lines = [f"node = {_toml_value(name)}", "persistent_keepalive = 1", "",
-                 "[credentials]", f"file = {_toml_value(str(cred))}", "", "[policy]"]
+        lines = [
+            f"node = {_toml_value(name)}",
+            "persistent_keepalive = 1",
+            "",
+            "[credentials]",
+            f"file = {_toml_value(str(cred))}",
+            "",
+            "[policy]",
+        ]
         lines += [f"{k} = {_toml_value(v)}" for k, v in self.policy.items()]
         for other in topo.peers.values():
             if other.name == name:
                 continue
-            lines += ["", "[[peers]]", f"name = {_toml_value(other.name)}",
-                      f"public_key = {_toml_value(other.public_key)}",
-                      f"allowed_ips = {_toml_value([other.tunnel_ip + '/32'])}"]
+            lines += [
+                "",
+                "[[peers]]",
+                f"name = {_toml_value(other.name)}",
+                f"public_key = {_toml_value(other.public_key)}",
+                f"allowed_ips = {_toml_value([other.tunnel_ip + '/32'])}",
+            ]
         for relay in topo.relays.values():
-            lines += ["", "[[relays]]", f"id = {_toml_value(relay.name)}",
-                      f"url = {_toml_value(relay.url)}", 'region = "lab"']
+            lines += [
+                "",
+                "[[relays]]",
+                f"id = {_toml_value(relay.name)}",
+                f"url = {_toml_value(relay.url)}",
+                'region = "lab"',
+            ]
         path = topo.workdir / f"agent-{name}.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -94,9 +110,21 @@ class Mesh:
         self.runs[name] = self.agent_log(name).count("agent running")
         self.topo.spawn(
             f"agent-{name}",
-            [sys.executable, "-m", "natrelay.tools.agent_cli", "agent", "--interface",
-             peer.wg_if, "--log", str(self.log_path), "--config", str(config)],
-            ns=peer.ns, log=self.topo.workdir / f"agent-{name}.log")
+            [
+                sys.executable,
+                "-m",
+                "natrelay.tools.agent_cli",
+                "agent",
+                "--interface",
+                peer.wg_if,
+                "--log",
+                str(self.log_path),
+                "--config",
+                str(config),
+            ],
+            ns=peer.ns,
+            log=self.topo.workdir / f"agent-{name}.log",
+        )
 
     def stop_agent(self, name: str) -> int | None:
         """Ctrl-C the agent (SIGINT) and return its exit status."""
@@ -140,8 +168,7 @@ class Mesh:
             if condition():
                 return time.monotonic() - started
             time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n"
-                             + self.diagnostics())
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n" + self.diagnostics())
 
     def path_kind(self, name: str, other: str) -> str | None:
         """'relay' when WireGuard points at a local TURN proxy, 'direct' for a public address."""
@@ -150,14 +177,19 @@ class Mesh:
             return None
         return "relay" if endpoint.startswith("127.") else "direct"
 
-    def wait_path(self, kind: str, timeout: float, pair: tuple[str, str] = ("a", "b"),
-                  since: int = 0) -> float:
+    def wait_path(
+        self, kind: str, timeout: float, pair: tuple[str, str] = ("a", "b"), since: int = 0
+    ) -> float:
         """Both sides use a `kind` path with a handshake newer than `since` (unix s)."""
         a, b = pair
 
         def ok() -> bool:
-            return all(self.path_kind(x, y) == kind and self.latest_handshake(x, y) > since
-                       and self.engine_path(x) == kind for x, y in ((a, b), (b, a)))
+            return all(
+                self.path_kind(x, y) == kind
+                and self.latest_handshake(x, y) > since
+                and self.engine_path(x) == kind
+                for x, y in ((a, b), (b, a))
+            )
 
         return self.wait_for(f"a {kind} handshake between {a} and {b}", ok, timeout)
 
@@ -176,8 +208,12 @@ class Mesh:
 
     def engine_path(self, node: str) -> str | None:
         """The kind of path `node`'s engine last selected, as its log records it."""
-        kinds = {"direct_path_selected": "direct", "path_upgraded": "direct",
-                 "relay_path_selected": "relay", "path_lost": None}
+        kinds = {
+            "direct_path_selected": "direct",
+            "path_upgraded": "direct",
+            "relay_path_selected": "relay",
+            "path_lost": None,
+        }
         last = None
         for decision in self.decisions(node):
             if decision in kinds:
@@ -187,9 +223,9 @@ class Mesh:
     def wait_running(self, name: str, timeout: float = 20) -> float:
         """Wait until agent `name` says it runs (its start-up, resume included, is done)."""
         before = self.runs.get(name, 0)
-        return self.wait_for(f"agent {name} to run",
-                             lambda: self.agent_log(name).count("agent running") > before,
-                             timeout)
+        return self.wait_for(
+            f"agent {name} to run", lambda: self.agent_log(name).count("agent running") > before, timeout
+        )
 
     def decisions(self, node: str) -> list[str]:
         return self._types(node, "decision")

@@ -33,8 +33,7 @@ def _relay_in_use(mesh: Mesh, node: str) -> str:
     from natrelay.eventlog.replay import node_events
 
     with EventLog.open(str(mesh.log_path), create=False) as log:
-        chosen = [e.relay for _s, _st, e in node_events(log, node)
-                  if e.TYPE == "relay_path_selected"]
+        chosen = [e.relay for _s, _st, e in node_events(log, node) if e.TYPE == "relay_path_selected"]
     assert chosen, f"{node} never selected a relay path"
     return chosen[-1]
 
@@ -107,11 +106,17 @@ def test_nat_rebinding_mid_session_recovers(mesh_factory) -> None:
     since = int(time.time())
     took = mesh.wait_for(
         "a handshake after a's NAT rebound",
-        lambda: mesh.latest_handshake("a", "b") > since and mesh.latest_handshake("b", "a") > since
-        and mesh.ping("a", "b", tries=1),
-        60)
-    print(f"path recovered {time.monotonic() - rebound_at:.2f} s after the rebind "
-          f"({took:.2f} s after it settled); paths: a={mesh.path_kind('a', 'b')}")
+        lambda: (
+            mesh.latest_handshake("a", "b") > since
+            and mesh.latest_handshake("b", "a") > since
+            and mesh.ping("a", "b", tries=1)
+        ),
+        60,
+    )
+    print(
+        f"path recovered {time.monotonic() - rebound_at:.2f} s after the rebind "
+        f"({took:.2f} s after it settled); paths: a={mesh.path_kind('a', 'b')}"
+    )
     assert "path_lost" in mesh.decisions("a") + mesh.decisions("b")
     assert "path_silent" in mesh.observations("a") + mesh.observations("b")
     _finish(mesh)

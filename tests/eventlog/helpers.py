@@ -51,8 +51,6 @@ def sample_events(count: int, seed: int = 0, peers: int = 20) -> list[tuple[str,
         elif kind == 6:
             event = E.Tick(at=at)
         else:
-            event = E.DirectAttemptStarted(
-                at=at, peer=peer, endpoint=endpoint, attempt=1, deadline=at + 1000
-            )
+            event = E.DirectAttemptStarted(at=at, peer=peer, endpoint=endpoint, attempt=1, deadline=at + 1000)
         out.append((E.stream_of(event, "n1"), event))
     return out

@@ -94,9 +94,7 @@ def test_read_bounds_and_filters(log: EventLog) -> None:
     by_prefix = [s.seq for s in log.read(stream_prefixes=["relay/"])]
     assert by_prefix == [i + 1 for i, (s, _) in enumerate(items) if s.startswith("relay/")]
     both = [s.seq for s in log.read(streams=["node/n1"], stream_prefixes=["relay/"])]
-    assert both == [
-        i + 1 for i, (s, _) in enumerate(items) if s == "node/n1" or s.startswith("relay/")
-    ]
+    assert both == [i + 1 for i, (s, _) in enumerate(items) if s == "node/n1" or s.startswith("relay/")]
     assert list(log.read(streams=[])) == []
 
 
@@ -146,9 +144,7 @@ def test_unregistered_event_class_is_refused(log: EventLog) -> None:
 def _insert_raw(log: EventLog, seq: int, type_name: str, version: int, payload: bytes) -> None:
     with log.engine.begin() as conn:
         conn.execute(
-            text(
-                "INSERT INTO events VALUES (:seq, 'bad', :seq, :type, :version, 1, 1, :payload)"
-            ),
+            text("INSERT INTO events VALUES (:seq, 'bad', :seq, :type, :version, 1, 1, :payload)"),
             {"seq": seq, "type": type_name, "version": version, "payload": payload},
         )
 

@@ -108,9 +108,7 @@ def test_follow_sees_every_event_of_racing_writers(open_log: Callable[..., Event
     follower = threading.Thread(target=follow)
     follower.start()
     threads = [
-        threading.Thread(
-            target=lambda w=w: [log.append([(f"w/{w}", E.Tick(at=b))]) for b in range(batches)]
-        )
+        threading.Thread(target=lambda w=w: [log.append([(f"w/{w}", E.Tick(at=b))]) for b in range(batches)])
         for w in range(writers)
     ]
     for thread in threads:

@@ -30,9 +30,7 @@ def test_opening_an_older_log_applies_the_missing_migrations(
     monkeypatch.setattr(migrations, "FORMAT_VERSION", 2)
     with EventLog.open(url, create=False) as log:
         with log.engine.connect() as conn:
-            version = conn.execute(
-                text("SELECT value FROM meta WHERE key = 'format_version'")
-            ).scalar()
+            version = conn.execute(text("SELECT value FROM meta WHERE key = 'format_version'")).scalar()
             indexes = {index["name"] for index in inspect(conn).get_indexes("events")}
         assert version == "2"
         assert "events_type_idx" in indexes

@@ -95,9 +95,7 @@ def test_newer_format_is_refused_with_both_versions(new_url: Callable[[], str]) 
         EventLog.open(url)
 
 
-def test_foreign_events_table_is_not_taken_for_a_log(
-    backend: str, new_url: Callable[[], str]
-) -> None:
+def test_foreign_events_table_is_not_taken_for_a_log(backend: str, new_url: Callable[[], str]) -> None:
     url = new_url()
     if backend == "sqlite":
         conn = sqlite3.connect(url)

@@ -104,8 +104,7 @@ def test_reads_are_the_filtered_slice_of_the_log(
     want = [
         seq
         for seq, (stream, _) in enumerate(items, start=1)
-        if start <= seq <= end
-        and (stream in chosen or any(stream.startswith(p) for p in prefixes))
+        if start <= seq <= end and (stream in chosen or any(stream.startswith(p) for p in prefixes))
     ]
     got = log.read(start, end, streams=chosen, stream_prefixes=prefixes)
     assert [s.seq for s in got] == want
