@@ -183,18 +183,26 @@ class Mutant:
     """A broken engine, the invariant that must catch it, and the budget to find it in."""
 
     patch: Callable[[], Any]
-    caught_by: str
+    #: The invariant(s) that must trip: any one of them counts as caught.
+    caught_by: str | tuple[str, ...]
     max_examples: int = 100
     step_count: int = 10
 
 
 MUTANTS: dict[str, Mutant] = {
-    "off_by_one_relay_threshold": Mutant(off_by_one_relay_threshold, "policy.no_relay_before_threshold"),
+    "off_by_one_relay_threshold": Mutant(
+        off_by_one_relay_threshold, "policy.no_relay_before_threshold", max_examples=400
+    ),
     "live_only_direct_sighting": Mutant(live_only_direct_sighting, "replay.rebuild_equals_live"),
     "snapshot_drops_relay_track_record": Mutant(
         snapshot_drops_relay_track_record, "replay.snapshot_plus_tail_equals_full"
     ),
     "tie_break_by_dict_order": Mutant(tie_break_by_dict_order, "relay.ranked_by_score_then_id"),
-    "tie_break_by_object_identity": Mutant(tie_break_by_object_identity, "relay.ranked_by_score_then_id"),
+    # Object identity differs from run to run, so besides the ranking invariant the same
+    # defect can surface first as a log that re-decides differently: both are catches.
+    "tie_break_by_object_identity": Mutant(
+        tie_break_by_object_identity,
+        ("relay.ranked_by_score_then_id", "replay.verify_redecides_every_decision"),
+    ),
     "upgrade_never_fires": Mutant(upgrade_never_fires, "paths.relayed_peer_upgrades", max_examples=200),
 }
