@@ -64,12 +64,12 @@ def measure_replay(path: str) -> dict[str, float]:
     return {"replay_sqlite_eps": events / elapsed, "replay_events": float(events)}
 
 
-def measure_engine(peers: int, duration_ms: int) -> dict[str, float]:
-    """Decisions per second in memory: the engine and the scripted network, no log."""
-    network, setup = _mesh_inputs(peers)
-    engine = Engine()
+def drive(engine: Engine, network: MemoryNetwork, events: list[Event], end_ms: int) -> int:
+    """Feed `events`, then run engine and scripted network together until `end_ms`, no log.
+
+    Returns the events handled and decided (observations plus decisions).
+    """
     handled = 0
-    started = time.perf_counter()
 
     def feed(event: Event) -> None:
         nonlocal handled
@@ -78,18 +78,25 @@ def measure_engine(peers: int, duration_ms: int) -> dict[str, float]:
         for command in reaction.commands:
             network.execute(command, engine.now)
 
-    for event in setup:
+    for event in events:
         feed(event)
     while True:
         times = [t for t in (engine.next_deadline(), network.next_event_at()) if t is not None]
-        if not times or min(times) > duration_ms:
-            break
+        if not times or min(times) > end_ms:
+            return handled
         now = max(min(times), engine.now)
         for event in network.poll(now):
             feed(event)
         deadline = engine.next_deadline()
         if deadline is not None and deadline <= now:
             feed(Tick(at=now))
+
+
+def measure_engine(peers: int, duration_ms: int) -> dict[str, float]:
+    """Decisions per second in memory: the engine and the scripted network, no log."""
+    network, setup = _mesh_inputs(peers)
+    started = time.perf_counter()
+    handled = drive(Engine(), network, setup, duration_ms)
     elapsed = time.perf_counter() - started
     return {"engine_events_per_s_in_memory": handled / elapsed, "engine_events": float(handled)}
 

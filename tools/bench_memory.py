@@ -17,9 +17,8 @@ import sys
 import tracemalloc
 
 from natrelay.core.engine import Engine
-from natrelay.core.events import Tick
 
-from .bench import _mesh_inputs
+from .bench import _mesh_inputs, drive
 
 
 def _rss_mb() -> float:
@@ -44,20 +43,7 @@ def main(peers: int) -> dict[str, float]:
     lifecycle = (tracemalloc.get_traced_memory()[0] - before) / peers
     tracemalloc.stop()
     engine.reschedule_all()
-    now = 0
-    while now < 60_000:
-        deadline = engine.next_deadline()
-        pending = network.next_event_at()
-        times = [t for t in (deadline, pending) if t is not None]
-        if not times:
-            break
-        now = max(min(times), engine.now)
-        for event in network.poll(now):
-            for command in engine.handle(event).commands:
-                network.execute(command, engine.now)
-        if (engine.next_deadline() or now + 1) <= now:
-            for command in engine.handle(Tick(at=now)).commands:
-                network.execute(command, engine.now)
+    drive(engine, network, [], 60_000)
     rss = _rss_mb()
     return {
         "lifecycle_bytes_per_peer": round(lifecycle, 1),
