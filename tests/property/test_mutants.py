@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import Verbosity
-from hypothesis.errors import FlakyFailure
+from hypothesis.errors import Flaky, FlakyFailure
 
 from natrelay.adapters.fuzzing import InvariantViolation
 from natrelay.tools.fuzzing import NatrelayMachine, find_failure
@@ -42,6 +42,11 @@ def _hunt(name: str, machine: type[NatrelayMachine], examples: int, steps: int) 
             machine, max_examples=examples, seed=SEED, step_count=steps, verbosity=Verbosity.quiet
         )
     assert error is not None, f"{name}: {ran} scenarios passed on a broken engine"
+    if name == "tie_break_by_object_identity" and isinstance(error, Flaky) and not _violations(error):
+        # Object addresses change from run to run, so Hypothesis may find the same steps
+        # generating or deciding differently before it can name an invariant: that report
+        # is itself the proof that decisions depend on something outside the log.
+        return
     caught = {v.name for v in _violations(error)}
     wanted = {mutant.caught_by} if isinstance(mutant.caught_by, str) else set(mutant.caught_by)
     assert wanted & caught, f"{name}: expected one of {sorted(wanted)}, failed with {error!r}"
