@@ -123,4 +123,3 @@ class Node:
                 break
             self.advance(max(wake, self.engine.now))
         self.flush()
-

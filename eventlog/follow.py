@@ -13,17 +13,36 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import sqlalchemy
 
 from .backends import CHANNEL
 from .records import StoredEvent
 
-if TYPE_CHECKING:
-    from .log import EventLog
+
+class FollowedLog(Protocol):
+    """What following needs of a log; `EventLog` is one. Keeps follow.py below log.py (no cycle)."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    @property
+    def engine(self) -> sqlalchemy.Engine: ...
+
+    def last_seq(self) -> int: ...
+
+    def read(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        streams: Collection[str] | None = None,
+        stream_prefixes: Collection[str] | None = None,
+    ) -> Iterator[StoredEvent]: ...
 
 
 def follow(
-    log: EventLog,
+    log: FollowedLog,
     from_seq: int,
     poll_interval: float,
     streams: Collection[str] | None,
@@ -53,7 +72,7 @@ def follow(
 
 
 @contextlib.contextmanager
-def _waiter(log: EventLog, poll_interval: float) -> Iterator[Callable[[threading.Event], None]]:
+def _waiter(log: FollowedLog, poll_interval: float) -> Iterator[Callable[[threading.Event], None]]:
     if log.dialect != "postgresql":
 
         def sleep(stopped: threading.Event) -> None:

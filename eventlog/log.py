@@ -22,6 +22,7 @@ from natrelay.core.events import Event
 from . import migrations, schema
 from .backends import Backend, PostgresBackend, Row, backend_for
 from .errors import ConcurrencyError, EventLogError, LogWriteError, SnapshotError
+from .follow import follow
 from .location import create_log_engine, describe, parse_location
 from .records import Snapshot, StoredEvent, decode, encode
 
@@ -307,8 +308,6 @@ class EventLog:
         `poll_interval` seconds as a safety net); SQLite polls. Closing the
         iterator (or breaking out of the loop) ends it.
         """
-        from .follow import follow
-
         return follow(self, from_seq, poll_interval, streams, stream_prefixes, stop)
 
     # --- lifecycle -------------------------------------------------------------

@@ -113,7 +113,7 @@ class Mesh:
             [
                 sys.executable,
                 "-m",
-                "natrelay.tools.agent_cli",
+                "natrelay.tools.cli.cmd_agent",
                 "agent",
                 "--interface",
                 peer.wg_if,

@@ -2,11 +2,11 @@
 
 Select with NATRELAY_HYPOTHESIS_PROFILE=deep. The example database lives under
 natrelay's cache directory ($XDG_CACHE_HOME/natrelay/hypothesis), never in the
-repository; the profiles themselves are defined once, in natrelay.tools.fuzzing.
+repository; the profiles themselves are defined once, in natrelay.tools.fuzz.machine.
 """
 
 from __future__ import annotations
 
-from natrelay.tools.fuzzing import register_profiles
+from natrelay.tools.fuzz.machine import register_profiles
 
 PROFILE = register_profiles()

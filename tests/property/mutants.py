@@ -22,7 +22,7 @@ from natrelay.core.events import HandshakeObserved, RelayEligibilityReached, Rel
 from natrelay.core.policy import Policy
 from natrelay.core.relay_cache import RelayCache
 from natrelay.core.relay_registry import RelayRegistry
-from natrelay.tools.fuzzing import NatrelayMachine
+from natrelay.tools.fuzz.machine import NatrelayMachine
 
 
 @contextmanager

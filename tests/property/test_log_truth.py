@@ -1,6 +1,6 @@
 """The log tells the truth: Hypothesis drives a Node on a SQLite log and checks every invariant.
 
-The machine (natrelay.tools.fuzzing.NatrelayMachine) invents scenarios; after
+The machine (natrelay.tools.fuzz.machine.NatrelayMachine) invents scenarios; after
 every step the harness checks that a rebuild from seq 0 and a snapshot plus
 tail equal the live engine, that re-deciding reproduces every recorded
 decision, that the lifecycle agrees with the transitions Machine and with the
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from natrelay.adapters.fuzzing import PEERS, Harness, Scenario, replay_scenario
 from natrelay.core import events as E
 from natrelay.core.policy import Policy
-from natrelay.tools.fuzzing import NatrelayMachine, reproduce
+from natrelay.tools.fuzz.harness import PEERS, Harness, Scenario, replay_scenario
+from natrelay.tools.fuzz.machine import NatrelayMachine, reproduce
 
 TestLogTellsTheTruth = NatrelayMachine.TestCase
 

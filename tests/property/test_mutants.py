@@ -19,8 +19,8 @@ import pytest
 from hypothesis import Verbosity
 from hypothesis.errors import Flaky, FlakyFailure
 
-from natrelay.adapters.fuzzing import InvariantViolation
-from natrelay.tools.fuzzing import NatrelayMachine, find_failure
+from natrelay.tools.fuzz.harness import InvariantViolation
+from natrelay.tools.fuzz.machine import NatrelayMachine, find_failure
 
 from .conftest import PROFILE
 from .mutants import MUTANTS, MutationMachine

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from natrelay.adapters.fuzzing import PEERS, Harness
 from natrelay.core import events as E
 from natrelay.core import lifecycle as lc
 from natrelay.core.policy import Policy
+from natrelay.tools.fuzz.harness import PEERS, Harness
 
 PEER = PEERS[0]
 ENDPOINT = "10.0.0.1:51820"

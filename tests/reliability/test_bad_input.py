@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from natrelay.adapters import intake
-from natrelay.adapters.agent_config import ConfigError, CredentialSource, load_config
+from natrelay.adapters.mesh import intake
 from natrelay.adapters.memory import MemoryNetwork
+from natrelay.adapters.mesh.agent_config import ConfigError, CredentialSource, load_config
 from natrelay.adapters.node import Node
 from natrelay.core import lifecycle as lc
 from natrelay.core.events import InputRejected, ObservationRejected, PeerAdded

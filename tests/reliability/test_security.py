@@ -19,12 +19,12 @@ from typing import Any
 import attrs
 import pytest
 
-from natrelay.adapters.agent import Agent
-from natrelay.adapters.agent_config import ConfigError, load_config
 from natrelay.adapters.memory import MemoryNetwork
+from natrelay.adapters.mesh.agent import Agent
+from natrelay.adapters.mesh.agent_config import ConfigError, load_config
+from natrelay.adapters.mesh.turn_relay import TurnError
+from natrelay.adapters.mesh.wireguard import InterfaceStatus, PeerConfig, PeerStatus
 from natrelay.adapters.node import Node
-from natrelay.adapters.turn_relay import TurnError
-from natrelay.adapters.wireguard import InterfaceStatus, PeerConfig, PeerStatus
 from natrelay.core.events import PeerAdded, RelayAnnounced
 from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog

@@ -6,7 +6,14 @@ import itertools
 
 import pytest
 
-from natrelay.adapters.sim_nat import NAT_TYPES, NatBehaviour, NatBox, hairpin_works, punch, roaming_survives
+from natrelay.adapters.sim.nat_model import (
+    NAT_TYPES,
+    NatBehaviour,
+    NatBox,
+    hairpin_works,
+    punch,
+    roaming_survives,
+)
 
 A, B = ("198.51.100.7", 1000), ("198.51.100.8", 2000)
 

@@ -11,13 +11,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from natrelay.adapters.sim_metrics import percentile
-from natrelay.adapters.sim_run import run_policy
-from natrelay.adapters.sim_scenario import PeerSpec, RelaySpec, Scenario, load_scenario
+from natrelay.adapters.sim.metrics import percentile
+from natrelay.adapters.sim.run import run_policy
+from natrelay.adapters.sim.scenario import PeerSpec, RelaySpec, Scenario, load_scenario
 from natrelay.core.presets import preset
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import verify
-from natrelay.tools.simulate import register
+from natrelay.tools.cli.cmd_simulate import register
 
 
 def tiny(*peers: PeerSpec, local: str = "port_restricted_cone", duration_s: int = 600) -> Scenario:

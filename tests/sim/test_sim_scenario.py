@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from natrelay.adapters.sim_scenario import ScenarioError, load_scenario
+from natrelay.adapters.sim.scenario import ScenarioError, load_scenario
 
 
 @pytest.mark.parametrize("name", ["mesh", "matrix", "steady"])

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from natrelay.adapters.turn_relay import (
+from natrelay.adapters.mesh.turn_relay import (
     TurnCredentials,
     TurnError,
     TurnServer,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from natrelay.adapters.wireguard import (
+from natrelay.adapters.mesh.wireguard import (
     DumpParseError,
     InterfaceNotFound,
     PeerConfig,

@@ -2,8 +2,8 @@
 
 This module owns only the command line of the agent: parsing options, configuring
 logging, and turning configuration errors into a message and exit status 2. The loop
-itself is `natrelay.adapters.agent`. `register(app)` adds the command to the main
-`natrelay` typer app; `python -m natrelay.tools.agent_cli` runs it on its own.
+itself is `natrelay.adapters.mesh.agent`. `register(app)` adds the command to the main
+`natrelay` typer app; `python -m natrelay.tools.cli.cmd_agent` runs it on its own.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Annotated
 
 import typer
 
-from natrelay.adapters.agent import run_agent
-from natrelay.adapters.agent_config import ConfigError, load_config
-from natrelay.adapters.turn_relay import TurnError
-from natrelay.adapters.wireguard import WireGuardError
+from natrelay.adapters.mesh.agent import run_agent
+from natrelay.adapters.mesh.agent_config import ConfigError, load_config
+from natrelay.adapters.mesh.turn_relay import TurnError
+from natrelay.adapters.mesh.wireguard import WireGuardError
 from natrelay.eventlog import EventLogError
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from .sim_network import Account
+from natrelay.adapters.sim.simulated_network import Account
 
 INF = math.inf
 

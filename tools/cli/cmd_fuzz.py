@@ -1,8 +1,8 @@
 """`natrelay fuzz`: run the stateful scenarios outside pytest, shrink failures, save them replayable.
 
 Owns only the command line: the scenarios, profiles and runner live in
-`natrelay.tools.fuzzing`, the harness and invariants in
-`natrelay.adapters.fuzzing`. Each failure is written under `--out` as
+`natrelay.tools.fuzz.machine`, the harness and invariants in
+`natrelay.tools.fuzz.harness`. Each failure is written under `--out` as
 `failure-N/scenario.json` (the shrunk steps) and `failure-N/fuzz.db` (the log
 they produce, for `natrelay replay`, `explain`, `timeline`);
 `natrelay fuzz --reproduce failure-N/scenario.json` replays it from the file
@@ -40,7 +40,7 @@ def fuzz(
     ] = None,
 ) -> None:
     """Fuzz the engine and its log with Hypothesis; save each shrunk failure as a log plus a scenario."""
-    from natrelay.tools import fuzzing
+    from natrelay.tools.fuzz import machine as fuzzing
 
     console = Console(highlight=False)
     if reproduce is not None:
@@ -75,7 +75,7 @@ def fuzz(
 
 
 def _reproduce(console: Console, scenario_file: Path, out: Path) -> None:
-    from natrelay.tools.fuzzing import reproduce
+    from natrelay.tools.fuzz.machine import reproduce
 
     if not scenario_file.is_file():
         console.print(f"natrelay: no scenario file {escape(str(scenario_file))}", style="red")

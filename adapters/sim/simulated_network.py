@@ -30,6 +30,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from natrelay.adapters.sim.nat_model import NAT_TYPES, NatBehaviour, hairpin_works, punch, roaming_survives
+from natrelay.adapters.sim.scenario import PeerSpec, RelaySpec, Scenario
 from natrelay.core.commands import (
     CloseRelaySession,
     Command,
@@ -52,9 +54,6 @@ from natrelay.core.events import (
     RelaySessionFailed,
     RelayWithdrawn,
 )
-
-from .sim_nat import NAT_TYPES, NatBehaviour, hairpin_works, punch, roaming_survives
-from .sim_scenario import PeerSpec, RelaySpec, Scenario
 
 #: WireGuard renews a handshake every 2 minutes while traffic flows (REKEY_AFTER_TIME).
 REKEY_AFTER_MS = 120_000

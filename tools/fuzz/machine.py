@@ -4,7 +4,7 @@ Owns `NatrelayMachine`, the `RuleBasedStateMachine` that invents scenarios
 (peers come and go, handshakes arrive right, wrong, late and twice, attempts
 time out, relays appear, overload, fail and vanish, sessions open and close,
 time jumps, snapshots are taken, the node crashes and restarts) and checks
-every invariant of `natrelay.adapters.fuzzing.Harness` after every step; the
+every invariant of `natrelay.tools.fuzz.harness.Harness` after every step; the
 Hypothesis profiles (`fast` for CI, `deep` for long runs) with their example
 database under the user's cache directory, never in the repository; and
 `fuzz()`, which the `natrelay fuzz` command and the tests share.
@@ -40,7 +40,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from natrelay.adapters.fuzzing import (
+from natrelay.core import events as E
+from natrelay.core.policy import Policy
+from natrelay.tools.fuzz.harness import (
     ENDPOINTS,
     PEERS,
     REGIONS,
@@ -51,8 +53,6 @@ from natrelay.adapters.fuzzing import (
     event_of,
     replay_scenario,
 )
-from natrelay.core import events as E
-from natrelay.core.policy import Policy
 
 PROFILE_ENV = "NATRELAY_HYPOTHESIS_PROFILE"
 

@@ -26,7 +26,7 @@ import attrs
 import orjson
 import sqlalchemy as sa
 
-from ..eventlog.location import parse_location
+from natrelay.eventlog.location import parse_location
 
 RecordKind = Literal["candidates", "relay_address", "relay_withdrawn"]
 

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .fleet import fleet_report
-from .inspect_log import seconds, short
+from natrelay.tools.fleet import fleet_report
+from natrelay.tools.inspect_log import seconds, short
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +24,7 @@ def fleet(
     stuck: Annotated[int, typer.Option(help="How many peers stuck on a relay to list.")] = 10,
 ) -> None:
     """Relays ranked across nodes, direct success by NAT pair, and peers stuck on relays."""
-    from .cli import open_existing
+    from natrelay.tools.cli.common import open_existing
 
     with open_existing(log) as opened:
         report = fleet_report(opened, stuck_limit=stuck)

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import attrs
 
+from natrelay.adapters.node import Node
+from natrelay.adapters.sim.metrics import RunMetrics, compute
+from natrelay.adapters.sim.scenario import Scenario
+from natrelay.adapters.sim.simulated_network import Account, SimNetwork
 from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
-
-from .node import Node
-from .sim_metrics import RunMetrics, compute
-from .sim_network import Account, SimNetwork
-from .sim_scenario import Scenario
 
 #: Observations per log append in simulations (see Node.flush_every).
 FLUSH_EVERY = 2048

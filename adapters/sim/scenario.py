@@ -17,9 +17,9 @@ from typing import Any
 
 import attrs
 
-from .sim_nat import NAT_TYPES
+from natrelay.adapters.sim.nat_model import NAT_TYPES
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "tools" / "scenarios"
+BUILTIN_DIR = Path(__file__).resolve().parent / "scenarios"
 EVENT_KINDS = ("join", "leave", "rebind", "sleep", "wake", "relay_down", "relay_up")
 
 

@@ -18,7 +18,7 @@ Owns the *replayable* half of fuzzing, with no Hypothesis in it:
   rounds since the last success, its open relay session and the freshness of
   its direct path.
 
-It never chooses steps (that is `natrelay.tools.fuzzing`) and never edits the
+It never chooses steps (that is `natrelay.tools.fuzz.machine`) and never edits the
 log: everything it checks it reads back from the database.
 """
 
@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 import orjson
 
+from natrelay.adapters.node import Node
 from natrelay.core import codec
 from natrelay.core import lifecycle as lc
 from natrelay.core.commands import (
@@ -47,8 +48,6 @@ from natrelay.core.events import Event, PolicySet
 from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import node_view, rebuild, verify
-
-from .node import Node
 
 SCENARIO_FORMAT = 1
 NODE = "fuzz"

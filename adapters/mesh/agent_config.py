@@ -39,9 +39,9 @@ from typing import Any
 
 import attrs
 
-from ..core import values as v
-from ..core.policy import Policy
-from .turn_relay import TurnCredentials, TurnError, TurnServer
+from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnServer
+from natrelay.core import values as v
+from natrelay.core.policy import Policy
 
 
 class ConfigError(ValueError):

@@ -2,7 +2,7 @@
 
 Owns the command's options, the progress bar, the summary and comparison
 tables, the JSON report and the PNG. The simulation itself lives in
-adapters/sim_*.py; this module only runs it and shows the results.
+adapters/sim/; this module only runs it and shows the results.
 
 - `natrelay simulate`: the built-in `mesh` scenario with natrelay's default
   policy on a SQLite log file, compared with the oracle; prints where the log
@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from natrelay.adapters.sim_metrics import RunMetrics
-from natrelay.adapters.sim_run import ORACLE, run_policy
-from natrelay.adapters.sim_scenario import Scenario, ScenarioError, load_scenario
+from natrelay.adapters.sim.metrics import RunMetrics
+from natrelay.adapters.sim.run import ORACLE, run_policy
+from natrelay.adapters.sim.scenario import Scenario, ScenarioError, load_scenario
 from natrelay.core.presets import PRESETS, preset
 
 DEFAULT_SEED = 7

@@ -39,9 +39,14 @@ from typing import Any
 
 import attrs
 
-from ..core import lifecycle as lc
-from ..core import values as v
-from ..core.commands import (
+from natrelay.adapters.mesh import intake
+from natrelay.adapters.mesh.agent_config import AgentConfig
+from natrelay.adapters.mesh.rendezvous import Rendezvous, latest_relay_address
+from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnSession
+from natrelay.adapters.mesh.wireguard import PeerConfig, WireGuard, WireGuardError
+from natrelay.core import lifecycle as lc
+from natrelay.core import values as v
+from natrelay.core.commands import (
     CloseRelaySession,
     Command,
     ConnectViaRelay,
@@ -49,8 +54,8 @@ from ..core.commands import (
     SwitchPath,
     TryDirectEndpoint,
 )
-from ..core.engine import Engine
-from ..core.events import (
+from natrelay.core.engine import Engine
+from natrelay.core.events import (
     CandidatesUpdated,
     DirectRoundFailed,
     Event,
@@ -68,13 +73,8 @@ from ..core.events import (
     Tick,
     stream_of,
 )
-from ..eventlog import ConcurrencyError, EventLog
-from ..eventlog.replay import node_view, rebuild
-from . import intake
-from .agent_config import AgentConfig
-from .rendezvous import Rendezvous, latest_relay_address
-from .turn_relay import TurnCredentials, TurnError, TurnSession
-from .wireguard import PeerConfig, WireGuard, WireGuardError
+from natrelay.eventlog import ConcurrencyError, EventLog
+from natrelay.eventlog.replay import node_view, rebuild
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,76 @@
+"""The `natrelay` command line: one module per verb (cmd_*.py), registered on one typer app.
+
+Owns the entry point: which verbs exist, and the rule that errors a user can fix
+(a missing log, a bad URL, an unknown peer, a corrupt row, a bad option) are one
+line on stderr and exit code 2, never a traceback. A verb module that needs an
+optional extra (matplotlib, hypothesis) imports it inside the command, so every
+verb's --help works on a plain install.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from natrelay.core.codec import DecodeError
+from natrelay.core.values import InvalidValue
+from natrelay.eventlog import EventLogError
+from natrelay.tools.cli import (
+    cmd_agent,
+    cmd_bench,
+    cmd_demo,
+    cmd_diagram,
+    cmd_explain,
+    cmd_fleet,
+    cmd_fuzz,
+    cmd_replay,
+    cmd_simulate,
+    cmd_status,
+    cmd_timeline,
+)
+from natrelay.tools.cli.common import CliError, app, printable
+from natrelay.tools.inspect_log import LookupError_
+
+#: The verbs, in the order `natrelay --help` lists them.
+VERBS = (
+    cmd_simulate,
+    cmd_status,
+    cmd_explain,
+    cmd_timeline,
+    cmd_replay,
+    cmd_fleet,
+    cmd_fuzz,
+    cmd_diagram,
+    cmd_demo,
+    cmd_bench,
+    cmd_agent,
+)
+for _verb in VERBS:
+    _verb.register(app)
+
+_USER_ERRORS = (CliError, LookupError_, EventLogError, DecodeError, InvalidValue)
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except _USER_ERRORS as exc:
+        print(f"natrelay: {printable(str(exc))}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:
+        if _is_usage_error(exc):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Bad options arrive as click's ClickException, from click itself or typer's vendored copy."""
+    return any(klass.__name__ == "ClickException" for klass in type(exc).__mro__) and hasattr(exc, "show")

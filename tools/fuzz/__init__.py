@@ -1,0 +1,2 @@
+"""Fuzzing: the replayable harness (harness.py) and the Hypothesis machine that
+invents scenarios (machine.py)."""
