@@ -1,0 +1,250 @@
+"""`natrelay serve`'s transport: asyncio over a Unix socket and/or stdio, one node per connection.
+
+Owns connections, not decisions: each connection reads newline-delimited JSON,
+binds itself to one node with a hello, and hands each observation to the
+`Service`, whose append is synchronous on the event loop's thread, so appends
+of all connections are serialised and a connection's answers come back in the
+order of its requests. A line is answered only after its observation and
+decisions are in the log. A bad line gets one `error` message naming the
+field, and nothing is logged for it; the connection stays open (except for a
+line over the size limit, after which the stream cannot be trusted).
+
+Shutdown (SIGTERM, SIGINT, or stdin closed in stdio mode): stop accepting,
+finish the line in progress, send `goodbye` on every connection, close them,
+snapshot every node that changed, close the log, remove the socket file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from natrelay.core.events import Event
+from natrelay.eventlog import EventLogError
+
+from . import protocol as p
+from .service import NodeInUse, Outcome, Service
+
+log = logging.getLogger(__name__)
+
+
+def natrelay_version() -> str:
+    try:
+        return version("natrelay")
+    except PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+class SocketInUse(Exception):
+    """Another process serves on this socket path."""
+
+
+class Connection:
+    """One client: its stream, and the node it speaks for once it said hello."""
+
+    def __init__(self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.node: str | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(p.encode(message))
+
+    async def run(self) -> None:
+        try:
+            while not self.server.stopping.is_set():
+                try:
+                    line = await self.reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial.strip():
+                        self.handle(exc.partial)
+                    return
+                except asyncio.LimitOverrunError:
+                    self.send(
+                        p.error(
+                            None,
+                            p.ProtocolError("line_too_long", f"a line is at most {p.MAX_LINE_BYTES} bytes"),
+                        )
+                    )
+                    return
+                if line.strip():
+                    self.handle(line)
+                await self.writer.drain()
+        except (ConnectionError, BrokenPipeError):
+            return
+        finally:
+            self.close()
+
+    def handle(self, line: bytes) -> None:
+        """Answer one line: a welcome, a reaction or an error."""
+        ident = p.message_id(line)
+        try:
+            message = p.parse_line(line)
+            if isinstance(message, p.Hello):
+                self.send(self.hello(message))
+                return
+            if self.node is None:
+                raise p.ProtocolError(
+                    "hello_required", 'say hello first: {"type":"hello","protocol":1,"node":...}'
+                )
+            self.send(self.observe(message.id, message.event))
+        except p.ProtocolError as exc:
+            self.send(p.error(ident, exc))
+
+    def hello(self, message: p.Hello) -> dict[str, Any]:
+        if self.node is not None:
+            raise p.ProtocolError("already_hello", f"this connection serves node {self.node!r}", "node")
+        service = self.server.service
+        try:
+            served, created = service.attach(message.node, message.policy)
+        except NodeInUse as exc:
+            raise p.ProtocolError("node_in_use", str(exc), "node") from None
+        except EventLogError as exc:
+            raise p.ProtocolError("log_write_failed", str(exc)) from None
+        self.node = message.node
+        self.server.by_node[message.node] = self
+        engine = served.engine
+        return p.welcome(
+            message.id,
+            message.node,
+            version=natrelay_version(),
+            last_seq=service.seen_seq,
+            now=engine.now,
+            next_deadline=engine.next_deadline(),
+            peers=service.peers(message.node),
+            created=created,
+        )
+
+    def observe(self, ident: Any, event: Event) -> dict[str, Any]:
+        assert self.node is not None
+        try:
+            outcome = self.server.service.observe(self.node, event)
+        except EventLogError as exc:
+            raise p.ProtocolError("log_write_failed", str(exc)) from None
+        except Exception as exc:  # an engine bug must not take the other nodes down
+            log.exception("the engine failed on %s for node %s", event.TYPE, self.node)
+            raise p.ProtocolError("internal_error", f"{type(exc).__name__}: {exc}") from None
+        return p.reaction(
+            ident, outcome.seq, outcome.decisions, outcome.commands, outcome.now, outcome.next_deadline
+        )
+
+    def close(self) -> None:
+        if self.node is not None:
+            self.server.service.detach(self.node)
+            if self.server.by_node.get(self.node) is self:
+                del self.server.by_node[self.node]
+            self.node = None
+        self.server.connections.discard(self)
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class Server:
+    """The service behind a Unix socket and/or stdio."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.service.on_push = self._push
+        self.connections: set[Connection] = set()
+        self.by_node: dict[str, Connection] = {}
+        self.stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _push(self, outcome: Outcome, cause: Event) -> None:
+        connection = self.by_node.get(outcome.node)
+        if connection is not None:
+            connection.send(
+                p.push(
+                    cause,
+                    outcome.seq,
+                    outcome.decisions,
+                    outcome.commands,
+                    outcome.now,
+                    outcome.next_deadline,
+                )
+            )
+
+    def _track(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> asyncio.Task[None]:
+        connection = Connection(self, reader, writer)
+        self.connections.add(connection)
+        task = asyncio.ensure_future(connection.run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._track(reader, writer)
+
+    async def run(self, *, socket_path: str | None, stdio: bool, ready: Any = None) -> None:
+        """Serve until SIGTERM/SIGINT (or stdin's end in stdio mode)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self.stopping.set)
+        unix_server = None
+        try:
+            if socket_path is not None:
+                unix_server = await self._listen(socket_path)
+            if stdio:
+                stdio_task = await self._serve_stdio()
+                stdio_task.add_done_callback(lambda _task: self.stopping.set())
+            if ready is not None:
+                ready()
+            await self.stopping.wait()
+        finally:
+            if unix_server is not None:
+                unix_server.close()
+            for connection in list(self.connections):
+                connection.send(p.goodbye("shutdown"))
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(connection.writer.drain(), 2)
+                connection.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if unix_server is not None:
+                with contextlib.suppress(Exception):
+                    await unix_server.wait_closed()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(socket_path)  # type: ignore[arg-type]
+            self.service.snapshot_all()
+
+    async def _listen(self, path: str) -> asyncio.AbstractServer:
+        target = Path(path)
+        if target.exists() or target.is_symlink():
+            if not stat.S_ISSOCK(target.lstat().st_mode):
+                raise SocketInUse(f"{path} exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                target.unlink()  # a stale socket from a process that died
+            else:
+                raise SocketInUse(f"another process serves on {path}")
+            finally:
+                probe.close()
+        old_umask = os.umask(0o177)  # the socket is born 0600: only its owner may drive the engine
+        try:
+            return await asyncio.start_unix_server(self._accept, path, limit=p.MAX_LINE_BYTES)
+        finally:
+            os.umask(old_umask)
+
+    async def _serve_stdio(self) -> asyncio.Task[None]:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=p.MAX_LINE_BYTES)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, sys.stdout.buffer
+        )
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
+        return self._track(reader, writer)
