@@ -15,6 +15,7 @@ converter and validator, one field at a time, so an error names the field
 
 from __future__ import annotations
 
+import functools
 import re
 import typing
 from typing import Any
@@ -243,10 +244,14 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {a.name for a in attributes}
     required = {a.name for a in attributes if a.default is attrs.NOTHING}
     _check_keys(data, names, required, where)
+    hints = _hints(cls)
     for attribute in attributes:
         if attribute.name not in data:
             continue
         value = data[attribute.name]
+        nested = hints.get(attribute.name)
+        if isinstance(value, dict) and isinstance(nested, type) and attrs.has(nested):
+            value = _build(nested, value, f"{where}{attribute.name}.")  # names the inner field
         try:
             if attribute.converter is not None:
                 value = attribute.converter(value)  # type: ignore[misc,operator]
@@ -260,6 +265,11 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         return cls(**data)
     except (v.InvalidValue, TypeError, ValueError) as exc:  # a rule across fields
         raise ProtocolError("invalid_field", str(exc), where.rstrip(".")) from None
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _strip_name(message: str, name: str) -> str:

@@ -85,7 +85,7 @@ def check_log(url: str, nodes: list[str]) -> None:
 
 
 def test_a_javascript_and_a_rust_agent_share_one_service(
-    serve: Callable[..., Service], log_url: str, rust_client: str
+    log_url: str, serve: Callable[..., Service], rust_client: str
 ) -> None:
     node = tool("node")
     service = serve(log_url)

@@ -9,10 +9,12 @@ and user errors as one line with exit code 2. The service is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
 
@@ -58,7 +60,7 @@ def serve(
     from natrelay.adapters.serve.service import Service
     from natrelay.eventlog import EventLog
 
-    with EventLog.open(log_url) as log:
+    with EventLog.open(log_url) as log, _lease(log):
         service = Service(log, snapshot_every=snapshot_every or None)
         server = Server(service)
 
@@ -72,6 +74,17 @@ def serve(
             raise CliError(str(exc)) from None
         except OSError as exc:
             raise CliError(f"cannot serve on {socket_path}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _lease(log: Any) -> Iterator[None]:
+    from natrelay.adapters.serve.lease import LogServed, exclusive
+
+    try:
+        with exclusive(log):
+            yield
+    except LogServed as exc:
+        raise CliError(str(exc)) from None
 
 
 def register(app: typer.Typer) -> None:
