@@ -68,7 +68,7 @@ class Connection:
                     line = await self.reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError as exc:
                     if exc.partial.strip():
-                        self.handle(exc.partial)
+                        await self.handle(exc.partial)
                     return
                 except asyncio.LimitOverrunError:
                     self.send(
@@ -79,15 +79,15 @@ class Connection:
                     )
                     return
                 if line.strip():
-                    self.handle(line)
+                    await self.handle(line)
                 await self.writer.drain()
         except (ConnectionError, BrokenPipeError):
             return
         finally:
             self.close()
 
-    def handle(self, line: bytes) -> None:
-        """Answer one line: a welcome, a reaction or an error."""
+    async def handle(self, line: bytes) -> None:
+        """Answer one line: a welcome or an error now; an observation once its batch is committed."""
         ident = p.message_id(line)
         try:
             message = p.parse_line(line)
@@ -98,9 +98,10 @@ class Connection:
                 raise p.ProtocolError(
                     "hello_required", 'say hello first: {"type":"hello","protocol":1,"node":...}'
                 )
-            self.send(self.observe(message.id, message.event))
         except p.ProtocolError as exc:
             self.send(p.error(ident, exc))
+            return
+        await self.server.submit(self, message.id, message.event)
 
     def hello(self, message: p.Hello) -> dict[str, Any]:
         if self.node is not None:
@@ -126,19 +127,6 @@ class Connection:
             created=created,
         )
 
-    def observe(self, ident: Any, event: Event) -> dict[str, Any]:
-        assert self.node is not None
-        try:
-            outcome = self.server.service.observe(self.node, event)
-        except EventLogError as exc:
-            raise p.ProtocolError("log_write_failed", str(exc)) from None
-        except Exception as exc:  # an engine bug must not take the other nodes down
-            log.exception("the engine failed on %s for node %s", event.TYPE, self.node)
-            raise p.ProtocolError("internal_error", f"{type(exc).__name__}: {exc}") from None
-        return p.reaction(
-            ident, outcome.seq, outcome.decisions, outcome.commands, outcome.now, outcome.next_deadline
-        )
-
     def close(self) -> None:
         if self.node is not None:
             self.server.service.detach(self.node)
@@ -148,6 +136,11 @@ class Connection:
         self.server.connections.discard(self)
         with contextlib.suppress(Exception):
             self.writer.close()
+
+
+#: An observation waiting for the next batch: its connection, node, request id, event, and
+#: the future its connection waits on before reading its next line.
+Queued = tuple["Connection", str, Any, Event, "asyncio.Future[None]"]
 
 
 class Server:
@@ -160,6 +153,57 @@ class Server:
         self.by_node: dict[str, Connection] = {}
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: list[Queued] = []
+        self._wake = asyncio.Event()
+
+    # ---- group commit
+
+    async def submit(self, connection: Connection, ident: Any, event: Event) -> None:
+        """Queue an observation for the next batch; return once its answer is sent."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        assert connection.node is not None
+        self._queue.append((connection, connection.node, ident, event, done))
+        self._wake.set()
+        await done
+
+    async def _batcher(self) -> None:
+        """Decide and append every queued observation in one transaction, then answer in order."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for _ in range(2):  # let every connection with a line ready queue it too
+                await asyncio.sleep(0)
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            self._process(batch)
+
+    def _process(self, batch: list[Queued]) -> None:
+        try:
+            results, pushes = self.service.observe_many([(node, e) for _c, node, _i, e, _d in batch])
+        except Exception as exc:  # catching up with another writer failed (the database is gone...)
+            results, pushes = [exc] * len(batch), []
+        after: dict[int, list[tuple[Outcome, Event]]] = {}
+        for position, outcome, cause in pushes:
+            after.setdefault(position, []).append((outcome, cause))
+        for index, ((connection, node, ident, event, done), result) in enumerate(
+            zip(batch, results, strict=True)
+        ):
+            connection.send(self._answer(ident, event, node, result))
+            for outcome, cause in after.get(index, ()):
+                self._push(outcome, cause)
+            if not done.done():
+                done.set_result(None)
+
+    @staticmethod
+    def _answer(ident: Any, event: Event, node: str | None, result: Outcome | Exception) -> dict[str, Any]:
+        if isinstance(result, Outcome):
+            o = result
+            return p.reaction(ident, o.seq, o.decisions, o.commands, o.now, o.next_deadline)
+        if isinstance(result, EventLogError):
+            return p.error(ident, p.ProtocolError("log_write_failed", str(result)))
+        log.error("the engine failed on %s for node %s: %r", event.TYPE, node, result)
+        return p.error(ident, p.ProtocolError("internal_error", f"{type(result).__name__}: {result}"))
 
     def _push(self, outcome: Outcome, cause: Event) -> None:
         connection = self.by_node.get(outcome.node)
@@ -193,6 +237,7 @@ class Server:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stopping.set)
         unix_server = None
+        batcher = asyncio.ensure_future(self._batcher())
         try:
             if socket_path is not None:
                 unix_server = await self._listen(socket_path)
@@ -210,6 +255,10 @@ class Server:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(connection.writer.drain(), 2)
                 connection.close()
+            batcher.cancel()
+            batch, self._queue = self._queue, []
+            if batch:  # lines already read are decided, logged and answered before goodbye
+                self._process(batch)
             for task in list(self._tasks):
                 task.cancel()
             if unix_server is not None:

@@ -260,6 +260,37 @@ def test_one_connection_per_node_and_a_returning_agent_finds_its_peers(
     third.close()
 
 
+def test_pipelined_requests_of_two_agents_are_answered_in_order(
+    serve: Callable[..., Service], tmp_path: Path
+) -> None:
+    url = str(tmp_path / "log.sqlite")
+    service = serve(url)
+    alpha, beta = Client(service.socket_path), Client(service.socket_path)
+    alpha.hello("alpha")
+    beta.hello("beta")
+    for client in (alpha, beta):  # fifty lines in one write each, a bad one in the middle
+        lines = [
+            json.dumps({"type": "observe", "id": i, "event": peer_added(i, make_key(100 + i))}).encode()
+            if i != 25
+            else b'{"type":"observe","id":25,"event":{"type":"tick","at":-5}}'
+            for i in range(50)
+        ]
+        client.send_raw(b"\n".join(lines))
+    for client in (alpha, beta):
+        answers = [client.read() for _ in range(50)]
+        assert [a["id"] for a in answers] == list(range(50))
+        assert answers[25]["type"] == "error" and answers[25]["field"] == "event.at"
+        seqs = [a["seq"] for a in answers if a["type"] == "reaction"]
+        assert len(seqs) == 49 and seqs == sorted(seqs)
+    server_messages_valid(alpha, beta)
+    for client in (alpha, beta):
+        client.close()
+    code, err = service.stop()
+    assert code == 0, err
+    verify(url, "alpha")
+    verify(url, "beta")
+
+
 def test_sigterm_says_goodbye_and_exits_cleanly(serve: Callable[..., Service], tmp_path: Path) -> None:
     url = str(tmp_path / "log.sqlite")
     service = serve(url)

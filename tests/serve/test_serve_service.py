@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ def test_a_failed_append_logs_nothing_and_leaves_every_engine_as_the_log_says(
 def test_a_new_node_starts_with_its_policy_and_a_changed_policy_is_logged(tmp_path: Path) -> None:
     with EventLog.open(str(tmp_path / "log.sqlite")) as log:
         service = Service(log)
-        served, created = service.attach("alpha", None)
+        _served, created = service.attach("alpha", None)
         assert created
         service.detach("alpha")
         _, created = service.attach("alpha", None)  # same policy: nothing new
@@ -105,3 +106,44 @@ def test_a_new_node_starts_with_its_policy_and_a_changed_policy_is_logged(tmp_pa
         policies = [e for _s, _st, e in log.read_events() if isinstance(e, PolicySet)]
         assert [p.policy for p in policies] == [Policy(), direct_first]
         assert Service(log).nodes.keys() == {"alpha"}  # a restarted service loads every node
+
+
+def test_a_batch_commits_together_and_an_engine_failure_refuses_only_its_own_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = EventLog.open(
+        str(tmp_path / "log.sqlite"), clock=itertools.count(1000).__next__
+    )  # a tick per append
+    service = Service(log)
+    for name in ("alpha", "beta"):
+        service.attach(name, None)
+    engine = service.nodes["beta"].engine
+    real_handle = engine.handle
+
+    def broken(event: Event) -> Any:
+        if isinstance(event, PeerAdded) and event.peer == K2:
+            raise RuntimeError("engine bug")
+        return real_handle(event)
+
+    monkeypatch.setattr(engine, "handle", broken)
+    before = log.last_seq()
+    requests = [
+        ("alpha", PeerAdded(at=1, peer=K1, candidates=("198.51.100.7:51820",))),
+        ("beta", PeerAdded(at=1, peer=K2, candidates=("198.51.100.8:51820",))),
+        ("beta", PeerAdded(at=2, peer=K1, candidates=("198.51.100.9:51820",))),
+    ]
+    results, pushes = service.observe_many(requests)
+    assert isinstance(results[1], RuntimeError) and not pushes
+    first, third = results[0], results[2]
+    assert isinstance(first, Outcome) and isinstance(third, Outcome)
+    assert first.seq == before + 1 and third.seq > first.seq
+    # one transaction: every stored row of the batch has the same recorded time and no gap
+    rows = list(log.read(before + 1))
+    assert [r.seq for r in rows] == list(range(before + 1, log.last_seq() + 1))
+    assert len({r.recorded_at for r in rows}) == 1
+    # the refused observation left no trace (the engines were rebuilt from the log)
+    assert K2 not in service.nodes["beta"].engine.peers
+    for name in ("alpha", "beta"):
+        result = verify(log, name)
+        assert result.ok, (name, result.divergence)
+    log.close()
