@@ -20,13 +20,17 @@ What one process serving several nodes on one log adds:
   the append fail with nothing written. The service then rolls the engines
   back, reads what the other writer appended, lets every loaded node decide on
   its relay observations (appending those decisions), and decides again.
+- Group commit: `observe_many` decides a batch of requests (the server queues
+  what every connection sent meanwhile) in order and appends it in one
+  transaction; each observation stays atomic with its decisions, and the
+  answers go out only after the commit.
 Time enters only through events: nothing here reads a clock.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -70,6 +74,16 @@ class ServedNode:
 
 #: Called with (outcome, cause) for every other node that decided on a relay observation.
 PushHandler = Callable[[Outcome, Event], None]
+#: A request's result: the requester's outcome, or why it was refused.
+Result = Outcome | Exception
+#: (after which request, the other node's outcome, the relay observation that caused it)
+Push = tuple[int, Outcome, Event]
+#: One decider's share of an observation: node, decisions, commands, now, next deadline.
+Share = tuple[str, tuple[Event, ...], tuple[Command, ...], int, int | None]
+
+
+class _EngineFailed(Exception):
+    """An engine raised on a request of the batch (already answered with the error)."""
 
 
 class Service:
@@ -126,43 +140,102 @@ class Service:
     # -------------------------------------------------------- observing
 
     def observe(self, name: str, event: Event) -> Outcome:
-        """Decide, append atomically, return the node's outcome (others' go to `on_push`)."""
-        for _ in range(MAX_RETRIES):
+        """Decide, append atomically, return the node's outcome (pushes go to `on_push`)."""
+        results, pushes = self.observe_many([(name, event)])
+        for _position, outcome, cause in pushes:
+            self._deliver(outcome, cause)
+        result = results[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def observe_many(self, requests: Sequence[tuple[str, Event]]) -> tuple[list[Result], list[Push]]:
+        """Group commit: decide every request in order, then append them all in one transaction.
+
+        Each observation stays atomic with its decisions (the whole batch is
+        stored or none of it). Returns, in request order, each requester's
+        outcome or the exception that refused it (an engine failure refuses
+        only its own request, the others are decided again without it; a
+        failed append refuses them all), and the pushes for other attached
+        nodes, each with the index of the request after whose answer it
+        belongs.
+        """
+        results: list[Result | None] = [None] * len(requests)
+        for _ in range(MAX_RETRIES * 2):
+            live = [i for i, r in enumerate(results) if r is None]
+            if not live:
+                break
             try:
-                outcomes = self._decide_and_append(name, event)
+                planned = self._decide_and_append(requests, live, results)
             except ConcurrencyError:
                 self._catch_up()
                 continue
-            self.observations += 1
-            mine = outcomes[0]
-            for other in outcomes[1:]:
-                self._deliver(other, event)
-            self._maybe_snapshot(name)
-            return mine
-        raise ConcurrencyError("the log", self.seen_seq, self.log.last_seq())
+            except _EngineFailed:
+                continue
+            except Exception as exc:  # the append failed: nothing of the batch was logged
+                for i in live:
+                    results[i] = exc
+                break
+            pushes: list[Push] = []
+            for i, seq, event, shares in planned:
+                outcomes = [Outcome(name, seq, d, c, now, deadline) for name, d, c, now, deadline in shares]
+                results[i] = outcomes[0]
+                self.observations += 1
+                for other in outcomes[1:]:
+                    if not (other.decisions or other.commands):
+                        continue
+                    served = self.nodes[other.node]
+                    if served.attached:
+                        pushes.append((i, other, event))
+                    else:
+                        served.dropped_commands += len(other.commands)
+            for name in dict.fromkeys(requests[i][0] for i in live):
+                self._maybe_snapshot(name)
+            return [r for r in results if r is not None], pushes
+        failure = ConcurrencyError("(the whole log)", self.seen_seq, self.log.last_seq())
+        return [failure if r is None else r for r in results], []
 
-    def _decide_and_append(self, name: str, event: Event) -> list[Outcome]:
-        served = self.nodes[name]
-        deciders = [served]
-        if isinstance(event, RelayEvent):
-            deciders += [n for n in self.nodes.values() if n is not served]
-        reactions = []
-        items: list[tuple[str, Event]] = [(stream_of(event, name), event)]
+    def _decide_and_append(
+        self, requests: Sequence[tuple[str, Event]], live: list[int], results: list[Result | None]
+    ) -> list[tuple[int, int, Event, list[Share]]]:
+        touched: dict[str, ServedNode] = {}
+        items: list[tuple[str, Event]] = []
+        plans: list[tuple[int, int, Event, list[Share]]] = []
         try:
-            for node in deciders:
-                reaction = node.engine.handle(event)
-                reactions.append(reaction)
-                items.extend((stream_of(d, node.name), d) for d in reaction.decisions)
+            for i in live:
+                name, event = requests[i]
+                served = self.nodes[name]
+                deciders = [served]
+                if isinstance(event, RelayEvent):
+                    deciders += [n for n in self.nodes.values() if n is not served]
+                start = len(items)
+                items.append((stream_of(event, name), event))
+                shares: list[Share] = []
+                for node in deciders:
+                    touched[node.name] = node
+                    try:
+                        reaction = node.engine.handle(event)
+                    except Exception as exc:  # an engine bug: refuse this request, decide the rest again
+                        log.exception("the engine of node %s failed on %s", node.name, event.TYPE)
+                        results[i] = exc
+                        raise _EngineFailed from exc
+                    items.extend((stream_of(d, node.name), d) for d in reaction.decisions)
+                    shares.append(
+                        (
+                            node.name,
+                            reaction.decisions,
+                            reaction.commands,
+                            node.engine.now,
+                            node.engine.next_deadline(),
+                        )
+                    )
+                plans.append((i, start, event, shares))
             stored = self.log.append(items, expected_last_seq=self.seen_seq)
         except BaseException:
-            self._roll_back(deciders[: len(reactions) + 1])
+            self._roll_back(list(touched.values()))
             raise
         self.seen_seq = stored[-1].seq
-        seq = stored[0].seq
-        return [
-            Outcome(n.name, seq, r.decisions, r.commands, n.engine.now, n.engine.next_deadline())
-            for n, r in zip(deciders, reactions, strict=True)
-        ]
+        return [(i, stored[start].seq, event, shares) for i, start, event, shares in plans]
 
     def _roll_back(self, nodes: list[ServedNode]) -> None:
         """Engines that handled what was not logged go back to the log's state."""
@@ -171,6 +244,8 @@ class Service:
 
     def _deliver(self, outcome: Outcome, cause: Event) -> None:
         served = self.nodes[outcome.node]
+        if not (outcome.decisions or outcome.commands):
+            return
         if not served.attached:
             served.dropped_commands += len(outcome.commands)
             return
