@@ -1,16 +1,18 @@
 """`natrelay serve`'s transport: asyncio over a Unix socket and/or stdio, one node per connection.
 
 Owns connections, not decisions: each connection reads newline-delimited JSON,
-binds itself to one node with a hello, and hands each observation to the
-`Service`, whose append is synchronous on the event loop's thread, so appends
-of all connections are serialised and a connection's answers come back in the
-order of its requests. A line is answered only after its observation and
-decisions are in the log. A bad line gets one `error` message naming the
-field, and nothing is logged for it; the connection stays open (except for a
-line over the size limit, after which the stream cannot be trusted).
+binds itself to one node with a hello, and queues each observation for the
+batcher, which hands everything queued meanwhile to `Service.observe_many`
+(decided in order, appended in one transaction) and then sends the answers and
+pushes in batch order. A connection reads its next line only once its previous
+answer is sent, so its answers come in the order of its requests. A line is
+answered only after its observation and decisions are in the log. A bad line
+gets one `error` message naming the field, and nothing is logged for it; the
+connection stays open (except for a line over the size limit, after which the
+stream cannot be trusted).
 
 Shutdown (SIGTERM, SIGINT, or stdin closed in stdio mode): stop accepting,
-finish the line in progress, send `goodbye` on every connection, close them,
+decide, log and answer the lines already queued, send `goodbye` on every connection, close them,
 snapshot every node that changed, close the log, remove the socket file.
 """
 

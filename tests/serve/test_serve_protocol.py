@@ -305,6 +305,33 @@ def test_sigterm_says_goodbye_and_exits_cleanly(serve: Callable[..., Service], t
     verify(url, "alpha")
 
 
+def test_stdio_serves_one_agent_and_ends_cleanly_with_stdin(tmp_path: Path) -> None:
+    url = str(tmp_path / "log.sqlite")
+    lines = [
+        {"type": "hello", "protocol": 1, "node": "alpha"},
+        {"type": "observe", "id": 1, "event": peer_added(0, candidates=["198.51.100.7:51820"])},
+        {"type": "observe", "id": 2, "event": {"type": "tick", "at": "soon"}},
+        {"type": "observe", "id": 3, "event": {"type": "tick", "at": 1000}},
+    ]
+    done = subprocess.run(
+        [*NATRELAY, "serve", "--stdio", "--log", url],
+        input="".join(json.dumps(line) + "\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    # the agent hung up (stdin closed): every line answered, then a clean exit without goodbye
+    assert [a["type"] for a in answers] == ["welcome", "reaction", "error", "reaction"]
+    assert answers[2]["field"] == "event.at"
+    assert [d["type"] for d in answers[3]["decisions"]] == ["direct_round_failed"]
+    client = Client.__new__(Client)
+    client.received = answers
+    server_messages_valid(client)
+    verify(url, "alpha")
+
+
 def test_a_second_service_on_the_same_log_is_refused(
     log_url: str, serve: Callable[..., Service], short_dir: Path
 ) -> None:
