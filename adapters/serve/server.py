@@ -284,11 +284,18 @@ class Server:
                 raise SocketInUse(f"another process serves on {path}")
             finally:
                 probe.close()
+        # Bound and listening under a temporary name, then renamed: the path appears only when
+        # a connect to it succeeds (an agent waiting for the file never meets a refusal).
+        staging = f"{path}.new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
         old_umask = os.umask(0o177)  # the socket is born 0600: only its owner may drive the engine
         try:
-            return await asyncio.start_unix_server(self._accept, path, limit=p.MAX_LINE_BYTES)
+            server = await asyncio.start_unix_server(self._accept, staging, limit=p.MAX_LINE_BYTES)
         finally:
             os.umask(old_umask)
+        os.rename(staging, path)
+        return server
 
     async def _serve_stdio(self) -> asyncio.Task[None]:
         loop = asyncio.get_running_loop()
