@@ -117,6 +117,9 @@ class Connection:
             raise p.ProtocolError("log_write_failed", str(exc)) from None
         self.node = message.node
         self.server.by_node[message.node] = self
+        log.info(
+            "node %s attached (client %r, %s)", message.node, message.client, "new" if created else "known"
+        )
         engine = served.engine
         return p.welcome(
             message.id,
@@ -131,6 +134,7 @@ class Connection:
 
     def close(self) -> None:
         if self.node is not None:
+            log.info("node %s detached", self.node)
             self.server.service.detach(self.node)
             if self.server.by_node.get(self.node) is self:
                 del self.server.by_node[self.node]
