@@ -61,7 +61,13 @@ class Conn {
 async function connect() {
   if (SPAWN) {
     const child = spawn(SPAWN[0], SPAWN.slice(1), { stdio: ["pipe", "pipe", "inherit"] });
-    return { conn: new Conn(child.stdout, child.stdin), close: () => new Promise((r) => { child.on("exit", r); child.stdin.end(); }) };
+    const exited = new Promise((r) => child.on("exit", (code) => r(code)));
+    const close = async () => {
+      child.stdin.end(); // the service answers what it read, then exits 0
+      const code = await exited;
+      if (code !== 0) throw new Error(`natrelay serve exited with ${code}`);
+    };
+    return { conn: new Conn(child.stdout, child.stdin), close };
   }
   const socket = net.createConnection({ path: SOCKET });
   await new Promise((resolve, reject) => { socket.once("connect", resolve); socket.once("error", reject); });
