@@ -164,6 +164,11 @@ def run_benchmarks(
         measured = measure_engine(count, duration)
         label = f"{count // 1000}k" if count % 1000 == 0 else str(count)
         results[f"engine_eps_{label}_peers"] = measured["engine_events_per_s_in_memory"]
+    from . import bench_serve
+
+    serve_peers = max(10, events // 400)
+    say(f"natrelay serve over its socket: 1 and 4 agents of {serve_peers} peers each, beside in-process")
+    results.update(bench_serve.run(peers=serve_peers, pg_url=postgres, postgres=with_postgres))
     say(f"memory at {peers:,} peers")
     results.update(measure_memory(peers))
     return results

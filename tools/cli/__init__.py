@@ -25,6 +25,7 @@ from natrelay.tools.cli import (
     cmd_fleet,
     cmd_fuzz,
     cmd_replay,
+    cmd_serve,
     cmd_simulate,
     cmd_status,
     cmd_timeline,
@@ -45,6 +46,7 @@ VERBS = (
     cmd_demo,
     cmd_bench,
     cmd_agent,
+    cmd_serve,
 )
 for _verb in VERBS:
     _verb.register(app)
