@@ -42,9 +42,9 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def agent(socket_path: str, node: str, peers: int, duration_ms: int) -> dict[str, Any]:
     """Run the bench mesh for `node` over the socket; counts, elapsed time, round trips (ms)."""
-    from natrelay.tools.bench import _mesh_inputs
+    from natrelay.tools.bench_mesh import mesh_inputs
 
-    network, setup = _mesh_inputs(peers)
+    network, setup = mesh_inputs(peers)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(socket_path)
     stream = sock.makefile("rwb")
@@ -161,9 +161,9 @@ def measure_service(url: str, agents: int, peers: int, duration_ms: int = DURATI
 
 def measure_in_process(url: str, peers: int, duration_ms: int = DURATION_MS) -> dict[str, float]:
     """The same mesh through `Node` in this process, one atomic append per observation."""
-    from natrelay.tools.bench import _mesh_inputs
+    from natrelay.tools.bench_mesh import mesh_inputs
 
-    network, setup = _mesh_inputs(peers)
+    network, setup = mesh_inputs(peers)
     with EventLog.open(url) as log:
         node = Node(log, network, node="bench-0")
         observations = decisions = 0
