@@ -40,7 +40,7 @@ from typing import Any
 import attrs
 
 from natrelay.adapters.mesh.agent_config import AgentConfig
-from natrelay.adapters.mesh.observe import Observing
+from natrelay.adapters.mesh.observe import Inbox, Observing, Watch
 from natrelay.adapters.mesh.rendezvous import Rendezvous
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnSession
 from natrelay.adapters.mesh.wireguard import PeerConfig, WireGuard, WireGuardError
@@ -94,10 +94,12 @@ class Agent(Observing):
     config: AgentConfig
     interface: str
     log_url: str
-    poll_interval: float = 0.1
+    #: How often WireGuard (and the rendezvous) are read while a handshake is awaited.
+    poll_interval: float = 0.05
     #: At start, wait this long for new peers to publish their candidates.
     startup_wait: float = 2.0
     wireguard: WireGuard | None = None
+    watch: Watch = attrs.field(factory=Watch)
 
     engine: Engine = attrs.field(init=False)
     log: EventLog = attrs.field(init=False)
@@ -116,7 +118,7 @@ class Agent(Observing):
     _published: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     _rv_seq: int = 0
     _rv_records: list[Any] = attrs.field(factory=list)
-    _pending: list[Event] = attrs.field(factory=list)
+    _pending: list[Event] = attrs.field(factory=Inbox)
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
     _health_at: dict[str, int] = attrs.field(factory=dict)
     _first_handshake_ms: dict[str, int] = attrs.field(factory=dict)
@@ -144,15 +146,17 @@ class Agent(Observing):
         self.me, self.listen_port = status.public_key, status.listen_port
         for spec in cfg.relays:
             self._credentials[spec.server.relay_id] = spec.credentials.load()
-        for peer in cfg.peers:
-            self.wireguard.add_peer(
-                PeerConfig(peer.public_key, peer.allowed_ips, None, cfg.persistent_keepalive)
-            )
-        fresh = self._seen_seq == 0
-        if fresh or self.engine.policy != cfg.policy:
-            if fresh:
-                self.engine = Engine(cfg.policy)
-            self.feed(PolicySet(at=self.now(), policy=cfg.policy))
+        # One transaction for all peers (one UAPI write; one `wg set` a peer without UAPI).
+        self.wireguard.add_peers(
+            [PeerConfig(p.public_key, p.allowed_ips, None, cfg.persistent_keepalive) for p in cfg.peers]
+        )
+        if self._seen_seq == 0:
+            self.engine = Engine(cfg.policy)
+        # Every start is an event in this node's own stream, whatever the log holds already:
+        # `nodes_in` (replay, status, timeline --node) knows a node by it. Deciding "fresh"
+        # from the node's whole view missed a node started after another had announced
+        # relays (its view was not empty, its own stream was), with the default policy.
+        self.feed(PolicySet(at=self.now(), policy=cfg.policy))
         for spec in cfg.relays:
             self._announce_once(spec.server.relay_id, spec.server.region, spec.server.address)
         self._resume()

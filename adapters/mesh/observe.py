@@ -13,7 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from natrelay.adapters.mesh import intake
 from natrelay.adapters.mesh.rendezvous import latest_relay_address
@@ -22,6 +25,7 @@ from natrelay.core import lifecycle as lc
 from natrelay.core import values as v
 from natrelay.core.events import (
     CandidatesUpdated,
+    Event,
     HandshakeObserved,
     InputRejected,
     PathSilent,
@@ -32,6 +36,47 @@ if TYPE_CHECKING:
     from natrelay.adapters.mesh.agent import Agent
 
 log = logging.getLogger("natrelay.adapters.mesh.agent")
+
+
+async def _set_when(stop: asyncio.Event, wake: asyncio.Event) -> None:
+    await stop.wait()
+    wake.set()
+
+
+class Inbox(list[Event]):
+    """Observations from the agent's tasks (relay sessions): appending one wakes the loop."""
+
+    wake: Callable[[], None] | None = None
+
+    def append(self, event: Event) -> None:
+        super().append(event)
+        if self.wake is not None:
+            self.wake()
+
+
+@attrs.define
+class Watch:
+    """When the agent looks again at WireGuard and the rendezvous, and what it counted."""
+
+    #: Wall ms when WireGuard is read next (0: at the first turn).
+    wireguard_at: int = 0
+    #: When every peer was last read (the silence cadence counts from there).
+    full_read_at: int = 0
+    #: Peers whose handshake is awaited (read every ``poll_interval``).
+    awaited: set[str] = attrs.field(factory=set)
+    rendezvous_at: int = 0
+    rendezvous_gap_ms: int = 100
+    #: SQLite: the rendezvous poll backs off up to this while nothing changes.
+    rendezvous_max_ms: int = 2_000
+    #: PostgreSQL: notifications wake the agent; a poll this often covers a lost one.
+    rendezvous_safety_ms: int = 30_000
+    notified: bool = False
+    listening: bool = False
+    wake: asyncio.Event | None = None
+    #: Counters for tests and the benchmark.
+    turns: int = 0
+    wireguard_reads: int = 0
+    rendezvous_reads: int = 0
 
 
 class Observing:
@@ -48,27 +93,101 @@ class Observing:
             len(self.config.peers),
             len(self.config.relays),
         )
+        watch = self.watch
+        watch.wake = asyncio.Event()
+        self._pending.wake = watch.wake.set  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        stopper = loop.create_task(_set_when(stop, watch.wake))
+        if self.rendezvous.notifies:
+            watch.listening = True
+            self._spawn(self.rendezvous.listen(lambda _channel: self._notified()))
         try:
             while not stop.is_set():
+                watch.wake.clear()
                 self.step()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll_interval)
+                delay = self._sleep_ms(self.now())
+                if delay > 0 and not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(watch.wake.wait(), delay / 1000)
         finally:
+            stopper.cancel()
             await self.stop()
 
+    def _notified(self: Agent) -> None:
+        """A PostgreSQL notification: someone published a record or appended to the log."""
+        self.watch.notified = True
+        if self.watch.wake is not None:
+            self.watch.wake.set()
+
     def step(self: Agent) -> None:
-        """One turn: drain async results, read WireGuard and the rendezvous, tick."""
-        pending, self._pending = self._pending, []
+        """One turn: drain async results, read what is due, tick when the engine asks.
+
+        What is due: WireGuard when a handshake is awaited (every ``poll_interval``), at the
+        silence-check cadence of connected peers, and right before a Tick; the rendezvous
+        at a notification, or on SQLite at an interval that doubles while nothing changes.
+        """
+        watch = self.watch
+        watch.turns += 1
+        pending = list(self._pending)
+        self._pending.clear()
         for event in pending:
             self.feed(event)
-        self._poll_wireguard()
-        self._poll_rendezvous()
-        self._start_due_attempts()
-        self._catch_up()
-        deadline = self.engine.next_deadline()
         now = self.now()
-        if deadline is not None and deadline <= now:
-            self.feed(Tick(at=now))
+        read = False
+        if now >= watch.wireguard_at:
+            self._poll_wireguard()
+            read = True
+        if watch.notified or now >= watch.rendezvous_at:
+            watch.notified = False
+            self._poll_rendezvous()
+            self._catch_up()
+        self._start_due_attempts()
+        deadline = self.engine.next_deadline()
+        if deadline is not None and deadline <= self.now():
+            if not read:
+                self._poll_wireguard()  # decide on fresh facts
+            self.feed(Tick(at=self.now()))
+        self._plan_wireguard(self.now())
+
+    def _awaited(self: Agent) -> set[str]:
+        """Peers whose handshake a decision waits for: a direct round, a relay session, an attempt."""
+        attempts = self.engine.attempts
+        awaited = {
+            key
+            for key, record in self.engine.peers.items()
+            if record.relay_pending is not None or attempts.open_round(key) is not None
+        }
+        now = self.now()
+        awaited.update(k for k, q in self._attempts.items() if any(a.command.deadline > now for a in q))
+        return awaited
+
+    def _plan_wireguard(self: Agent, now: int) -> None:
+        """When to read WireGuard next: soon for awaited handshakes, else at the silence cadence."""
+        watch = self.watch
+        watch.awaited = self._awaited()
+        if watch.awaited:
+            watch.wireguard_at = min(watch.wireguard_at, now + max(1, int(self.poll_interval * 1000)))
+
+    def _sleep_ms(self: Agent, now: int) -> int:
+        """Milliseconds until something is due (0: now)."""
+        watch = self.watch
+        if self._pending:
+            return 0
+        times = [watch.wireguard_at, watch.rendezvous_at]
+        deadline = self.engine.next_deadline()
+        if deadline is not None:
+            times.append(deadline)
+        for queue in self._attempts.values():
+            times.extend(a.start_at for a in queue if not a.started)
+        return max(0, min(times) - now)
+
+    def silence_check_ms(self: Agent) -> int:
+        """How often connected peers' receive counters are read: a quarter of the silence limit.
+
+        A path is declared silent at most this long after the limit (the counter's last
+        change is known to within one reading).
+        """
+        return max(250, self.silence_limit_ms() // 4)
 
     # ---- observing ---------------------------------------------------------------------
 
@@ -92,18 +211,36 @@ class Observing:
             time.sleep(0.05)
 
     def _poll_wireguard(self: Agent) -> None:
+        """Read WireGuard (all peers, or only the awaited ones between full readings)."""
         assert self.wireguard is not None
+        watch = self.watch
+        now = self.now()
+        full = now >= watch.full_read_at + self.silence_check_ms() or not watch.awaited
         try:
-            status = self.wireguard.show()
+            status = self.wireguard.show(None if full else watch.awaited)
         except WireGuardError as exc:
             log.error("reading WireGuard failed: %s", exc)
+            watch.wireguard_at = now + self.silence_check_ms()
             return
+        watch.wireguard_reads += 1
+        if full:
+            watch.full_read_at = now
+        watch.wireguard_at = watch.full_read_at + self.silence_check_ms()
+        # A write after this reading (a peer re-created by a decision taken below) makes
+        # the reading stale for that peer: its handshake and counters are from before.
+        generations = self.wireguard.generations()
         proxies = {s.local_endpoint: relay for (p, relay), s in self._sessions.items() if s.local_endpoint}
         for peer in status.peers:
             key = peer.public_key
             if key not in self.engine.peers:
                 continue
+            if self.wireguard.generation(key) != generations.get(key, 0):
+                watch.wireguard_at = now  # look again at once
+                continue
             self._watch_silence(key, peer.rx_bytes)
+            if self.wireguard.generation(key) != generations.get(key, 0):
+                watch.wireguard_at = now
+                continue
             last = self._last_handshake.get(key)
             self._last_handshake[key] = peer.latest_handshake
             # last None: the first look after start, an old handshake, not a new one.
@@ -155,11 +292,23 @@ class Observing:
             self.feed(PathSilent(at=now, peer=peer, silent_ms=now - seen[1]))
 
     def _poll_rendezvous(self: Agent) -> None:
+        watch = self.watch
+        now = self.now()
+        watch.rendezvous_reads += 1
         try:
             records = self.rendezvous.poll(self.me, self._rv_seq)
         except Exception as exc:  # a busy database must not stop the node
             log.error("reading the rendezvous failed: %s", exc)
+            watch.rendezvous_at = now + watch.rendezvous_max_ms
             return
+        if records or any(r.relay_pending is not None for r in self.engine.peers.values()):
+            # Something moves, or a relay session waits for the peer's relayed address.
+            watch.rendezvous_gap_ms = max(1, int(self.poll_interval * 1000))
+        elif watch.listening:
+            watch.rendezvous_gap_ms = watch.rendezvous_safety_ms
+        else:
+            watch.rendezvous_gap_ms = min(watch.rendezvous_max_ms, watch.rendezvous_gap_ms * 2)
+        watch.rendezvous_at = now + watch.rendezvous_gap_ms
         if not records:
             return
         self._rv_seq = records[-1].seq
