@@ -2,9 +2,12 @@
 
 This module owns the shell around the sans-I/O engine for a real mesh node:
 
-    wg show / TURN sessions / rendezvous ──► observation ──► engine.handle ──► log.append
-                                                                   │
-                  wg set / TURN allocate, bind, close ◄── commands ┘
+    WireGuard / TURN sessions / rendezvous ──► observation ──► engine.handle ──► log.append
+                                                                     │
+                 WireGuard set / TURN allocate, bind, close ◄── commands ┘
+
+Start-up is ``startup.py`` and the loop with its observations ``observe.py`` (mixins of
+``Agent``); this module keeps feeding the engine, the log and carrying out commands.
 
 Rules of this module:
 
@@ -17,7 +20,7 @@ Rules of this module:
 - Relays are announced once per log (only when their stream is still empty): a later
   announcement by another node would make this node decide at a place in the log it did
   not see live.
-- Observations are facts measured here: a handshake is reported when `wg show`'s latest
+- Observations are facts measured here: a handshake is reported when WireGuard's latest
   handshake changes; a relay session when its allocation and channel exist; a relay
   health measurement when a TURN round trip was timed. Direct rounds end by deadline in
   the engine (ticks), so no timeout is invented here.
@@ -42,9 +45,9 @@ import attrs
 from natrelay.adapters.mesh.agent_config import AgentConfig
 from natrelay.adapters.mesh.observe import Inbox, Observing, Watch
 from natrelay.adapters.mesh.rendezvous import Rendezvous
+from natrelay.adapters.mesh.startup import Starting
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnSession
-from natrelay.adapters.mesh.wireguard import PeerConfig, WireGuard, WireGuardError
-from natrelay.core import lifecycle as lc
+from natrelay.adapters.mesh.wireguard import WireGuard, WireGuardError
 from natrelay.core.commands import (
     CloseRelaySession,
     Command,
@@ -57,9 +60,6 @@ from natrelay.core.engine import Engine
 from natrelay.core.events import (
     DirectRoundFailed,
     Event,
-    PeerAdded,
-    PeerRemoved,
-    PolicySet,
     RelayAnnounced,
     RelayHealthMeasured,
     RelaySessionClosed,
@@ -88,7 +88,7 @@ class _Attempt:
 
 
 @attrs.define(eq=False)
-class Agent(Observing):
+class Agent(Starting, Observing):
     """Runs one node until ``stop`` is set."""
 
     config: AgentConfig
@@ -135,51 +135,6 @@ class Agent(Observing):
 
     # ---- start and stop ----------------------------------------------------------------
 
-    def start(self) -> None:
-        """Open the log, rebuild the engine, configure WireGuard, announce, publish."""
-        cfg = self.config
-        self.log = EventLog.open(self.log_url)
-        self.rendezvous = Rendezvous(self.log_url)
-        self._rebuild()
-        self.wireguard = self.wireguard or WireGuard(self.interface)
-        status = self.wireguard.show()
-        self.me, self.listen_port = status.public_key, status.listen_port
-        for spec in cfg.relays:
-            self._credentials[spec.server.relay_id] = spec.credentials.load()
-        # One transaction for all peers (one UAPI write; one `wg set` a peer without UAPI).
-        self.wireguard.add_peers(
-            [PeerConfig(p.public_key, p.allowed_ips, None, cfg.persistent_keepalive) for p in cfg.peers]
-        )
-        if self._seen_seq == 0:
-            self.engine = Engine(cfg.policy)
-        # Every start is an event in this node's own stream, whatever the log holds already:
-        # `nodes_in` (replay, status, timeline --node) knows a node by it. Deciding "fresh"
-        # from the node's whole view missed a node started after another had announced
-        # relays (its view was not empty, its own stream was), with the default policy.
-        self.feed(PolicySet(at=self.now(), policy=cfg.policy))
-        for spec in cfg.relays:
-            self._announce_once(spec.server.relay_id, spec.server.region, spec.server.address)
-        self._resume()
-        self._publish_candidates()
-        live = {k for k, r in self.engine.peers.items() if r.state != lc.REMOVED}
-        new = [p for p in cfg.peers if p.public_key not in live]
-        published = self._await_candidates([p.public_key for p in new])
-        for peer in new:
-            candidates = tuple(dict.fromkeys(peer.endpoints + published.get(peer.public_key, ())))
-            self.feed(
-                PeerAdded(
-                    at=self.now(),
-                    peer=peer.public_key,
-                    name=peer.name,
-                    candidates=candidates,
-                    access=peer.access,  # type: ignore[arg-type]
-                    preferred_region=peer.preferred_region,
-                )
-            )
-        configured = {p.public_key for p in cfg.peers}
-        for key in sorted(live - configured):
-            self.feed(PeerRemoved(at=self.now(), peer=key))
-
     def _announce_once(self, relay: str, region: str, address: str) -> None:
         stream = f"relay/{relay}"
         if self._relay_versions.get(stream, 0) != 0:
@@ -196,29 +151,6 @@ class Agent(Observing):
             return
         self._after_append(stored)
         self._execute_all(reaction.decisions, reaction.commands)
-
-    def _resume(self) -> None:
-        """Put the data plane back where the log says the engine is."""
-        for key, record in sorted(self.engine.peers.items()):
-            if record.state == lc.RELAY_CONNECTED and record.path and record.session:
-                self.feed(
-                    RelaySessionClosed(
-                        at=self.now(),
-                        peer=key,
-                        relay=record.path,
-                        session=record.session,
-                        reason="agent restarted",
-                    )
-                )
-            elif record.relay_pending is not None:
-                self.feed(
-                    RelaySessionFailed(
-                        at=self.now(), peer=key, relay=record.relay_pending, reason="agent restarted"
-                    )
-                )
-            elif record.state == lc.DIRECT_CONNECTED and record.path:
-                self._set_endpoint(key, record.path)
-                self._path[key] = ("direct", record.path)
 
     async def stop(self) -> None:
         """Close relay sessions (withdrawing their rendezvous records) and the log."""

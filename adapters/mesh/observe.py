@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -190,25 +189,6 @@ class Observing:
         return max(250, self.silence_limit_ms() // 4)
 
     # ---- observing ---------------------------------------------------------------------
-
-    def _await_candidates(self: Agent, peers: list[str]) -> dict[str, tuple[str, ...]]:
-        """Candidates new peers published, waiting up to `startup_wait` s for those not yet."""
-        found: dict[str, tuple[str, ...]] = {}
-        rejected: set[int] = set()
-        deadline = time.monotonic() + self.startup_wait
-        while True:
-            for record in self.rendezvous.poll(self.me, 0):
-                if record.kind == "candidates" and record.sender in peers:
-                    update = self._published_candidates(record, ())
-                    if isinstance(update, InputRejected):
-                        if record.seq not in rejected:
-                            rejected.add(record.seq)
-                            self._pending.append(update)  # recorded at the first step
-                    else:
-                        found[record.sender] = update.candidates
-            if len(found) == len(peers) or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.05)
 
     def _poll_wireguard(self: Agent) -> None:
         """Read WireGuard (all peers, or only the awaited ones between full readings)."""
