@@ -144,7 +144,7 @@ class Observing:
         deadline = self.engine.next_deadline()
         if deadline is not None and deadline <= self.now():
             if not read:
-                self._poll_wireguard()  # decide on fresh facts
+                self._poll_wireguard(self._tick_peers())  # decide on fresh facts
             self.feed(Tick(at=self.now()))
         self._plan_wireguard(self.now())
 
@@ -159,6 +159,19 @@ class Observing:
         now = self.now()
         awaited.update(k for k, q in self._attempts.items() if any(a.command.deadline > now for a in q))
         return awaited
+
+    def _tick_peers(self: Agent) -> set[str]:
+        """Peers a Tick may decide on from a handshake: awaited ones, and connected ones at
+        their freshness limit (a renewal since the last reading keeps the path)."""
+        limit = self.now() - self.engine.policy.handshake_freshness_ms
+        stale = {
+            key
+            for key, record in self.engine.peers.items()
+            if record.state in lc.CONNECTED_STATES
+            and record.last_handshake_at is not None
+            and record.last_handshake_at <= limit
+        }
+        return stale | self._awaited()
 
     def _plan_wireguard(self: Agent, now: int) -> None:
         """When to read WireGuard next: soon for awaited handshakes, else at the silence cadence."""
@@ -190,14 +203,18 @@ class Observing:
 
     # ---- observing ---------------------------------------------------------------------
 
-    def _poll_wireguard(self: Agent) -> None:
-        """Read WireGuard (all peers, or only the awaited ones between full readings)."""
+    def _poll_wireguard(self: Agent, only: set[str] | None = None) -> None:
+        """Read WireGuard: every peer when the silence cadence is due, else only ``only``
+        (default: the peers whose handshake is awaited)."""
         assert self.wireguard is not None
         watch = self.watch
         now = self.now()
-        full = now >= watch.full_read_at + self.silence_check_ms() or not watch.awaited
+        wanted = watch.awaited if only is None else only
+        full = now >= watch.full_read_at + self.silence_check_ms() or (only is None and not wanted)
+        if not full and not wanted:
+            return
         try:
-            status = self.wireguard.show(None if full else watch.awaited)
+            status = self.wireguard.show(None if full else wanted)
         except WireGuardError as exc:
             log.error("reading WireGuard failed: %s", exc)
             watch.wireguard_at = now + self.silence_check_ms()

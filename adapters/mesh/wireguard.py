@@ -9,17 +9,20 @@ tool (``WgTool``: `wg show <if> dump` and `wg set`, one fork a call), which work
 
 Rules of this module:
 
-- Parsing and argument building are pure functions (``parse_dump``, ``set_peer_args``),
-  tested without WireGuard; ``WireGuard`` only runs them through a subprocess.
+- Parsing and argument building are pure functions (``parse_dump``, ``set_peer_args``,
+  ``wg_uapi.parse_get``, ``wg_uapi.set_request``, ``wg_netlink.status_from_messages``),
+  tested without WireGuard; the transports only move their bytes.
+- Every write to a peer bumps its ``generation``: a reading taken before it is stale for
+  that peer (the agent re-reads instead of trusting it).
 - Every failure is a ``WireGuardError`` subclass with a message naming what failed:
   ``WgNotFound`` (no `wg` binary), ``InterfaceNotFound``, ``WgCommandFailed``. The node
   turns these into events and keeps running; nothing here exits or retries on its own.
-- The interface's private key, which the first line of a dump carries, is dropped while
-  parsing: it never reaches a value, a log line or an exception.
+- The interface's private key, which the first line of a dump (and of a UAPI answer)
+  carries, is dropped while parsing: it never reaches a value, a log line or an exception.
 - Changing only an endpoint makes WireGuard wait up to 5 s (its handshake retry) before it
   tries the new path. ``set_endpoint(..., handshake_now=True)`` re-creates the peer in the
-  same `wg set` call instead; the new peer's persistent keepalive goes out immediately and
-  starts a handshake.
+  same `wg set` call (or UAPI transaction) instead; the new peer's persistent keepalive
+  goes out immediately and starts a handshake.
 """
 
 from __future__ import annotations

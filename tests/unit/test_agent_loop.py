@@ -239,14 +239,15 @@ def test_a_rendezvous_publication_on_postgresql_notifies_a_listener() -> None:
                 heard.append(channel)
                 got.set()
 
-            task = asyncio.get_running_loop().create_task(listener.listen(on_notify))
+            # Channels are per database: other tests' appends notify natrelay_events meanwhile.
+            task = asyncio.get_running_loop().create_task(listener.listen(on_notify, ["natrelay_rendezvous"]))
             await asyncio.sleep(0.5)  # LISTEN is in place
             publisher.publish_candidates(START_MS, B, (B_ENDPOINT,))
             await asyncio.wait_for(got.wait(), 5)
             task.cancel()
             return heard
 
-        assert asyncio.run(scenario()) == ["natrelay_rendezvous"]
+        assert "natrelay_rendezvous" in asyncio.run(scenario())
         listener.close()
         publisher.close()
     finally:
