@@ -99,7 +99,7 @@ class Observing:
         stopper = loop.create_task(_set_when(stop, watch.wake))
         if self.rendezvous.notifies:
             watch.listening = True
-            self._spawn(self.rendezvous.listen(lambda _channel: self._notified()))
+            self._spawn(self._listen())
         try:
             while not stop.is_set():
                 watch.wake.clear()
@@ -111,6 +111,18 @@ class Observing:
         finally:
             stopper.cancel()
             await self.stop()
+
+    async def _listen(self: Agent) -> None:
+        """Wake at PostgreSQL notifications; if listening fails, fall back to polling."""
+        try:
+            await self.rendezvous.listen(lambda _channel: self._notified())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a lost connection must not stop the node: poll instead
+            log.error("listening for rendezvous notifications failed, polling instead: %s", exc)
+        self.watch.listening = False
+        self.watch.rendezvous_gap_ms = 100
+        self._notified()
 
     def _notified(self: Agent) -> None:
         """A PostgreSQL notification: someone published a record or appended to the log."""
@@ -190,7 +202,8 @@ class Observing:
         if deadline is not None:
             times.append(deadline)
         for queue in self._attempts.values():
-            times.extend(a.start_at for a in queue if not a.started)
+            # An attempt whose round ended before its turn never starts: not a reason to wake.
+            times.extend(a.start_at for a in queue if not a.started and a.command.deadline > now)
         return max(0, min(times) - now)
 
     def silence_check_ms(self: Agent) -> int:

@@ -253,3 +253,20 @@ def test_a_rendezvous_publication_on_postgresql_notifies_a_listener() -> None:
     finally:
         admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.close()
+
+
+def test_an_attempt_whose_round_ended_before_its_turn_does_not_keep_the_loop_awake(
+    tmp_path: Path, wggo: FakeWireGuardGo, clock: Clock
+) -> None:
+    from natrelay.adapters.mesh.agent import _Attempt
+    from natrelay.core.commands import TryDirectEndpoint
+
+    agent = make_agent(tmp_path, wggo)
+    agent.start()
+    drive(agent, clock, wggo, 1, alive=False)
+    now = agent.now()
+    expired = TryDirectEndpoint(peer=B, endpoint=B_ENDPOINT, deadline=now - 1, attempt=1)
+    agent._attempts[B] = [_Attempt(expired, start_at=now - 5)]
+    agent.watch.wireguard_at = agent.watch.rendezvous_at = now + 500
+    assert agent._sleep_ms(now) > 0
+    close(agent)
