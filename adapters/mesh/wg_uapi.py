@@ -90,7 +90,19 @@ def parse_get(text: str, only: Collection[str] | None = None) -> InterfaceStatus
         raise DumpParseError(f"UAPI: bad errno line {text[end:][:40]!r}") from None
     if errno != 0:
         raise WgCommandFailed(f"UAPI get failed: errno={errno}")
-    head, *chunks = ("\n" + text[:end]).split("\npublic_key=")
+    body_text = "\n" + text[:end]
+    if only is not None and len(only) <= 64:
+        # A few peers among many: find each one's lines instead of splitting all of them.
+        first = body_text.find("\npublic_key=")
+        head = body_text if first < 0 else body_text[:first]
+        chunks = []
+        for key in sorted(only):
+            at = body_text.find(f"\npublic_key={hex_key(key)}\n")
+            if at >= 0:
+                stop = body_text.find("\npublic_key=", at + 1)
+                chunks.append(body_text[at + 12 : stop if stop >= 0 else len(body_text)])
+    else:
+        head, *chunks = body_text.split("\npublic_key=")
     listen_port = 0
     fwmark: int | None = None
     for line in head.split("\n"):
@@ -104,11 +116,13 @@ def parse_get(text: str, only: Collection[str] | None = None) -> InterfaceStatus
             raise DumpParseError(f"UAPI: bad value for {key}: {value[:40]!r}") from None
         # private_key: skipped, never kept. UAPI has no public key of the interface.
     peers: list[PeerStatus] = []
+    # Compare hex prefixes: the peers skipped are neither split nor converted.
+    wanted = None if only is None else {hex_key(key) for key in only}
     for number, chunk in enumerate(chunks, start=1):
+        if wanted is not None and chunk[:64] not in wanted:
+            continue
         hex_value, _, body = chunk.partition("\n")
         public_key = b64_key(hex_value)
-        if only is not None and public_key not in only:
-            continue
         fields: dict[str, str] = {}
         allowed: list[str] = []
         for line in body.split("\n"):

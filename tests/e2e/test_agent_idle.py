@@ -1,7 +1,7 @@
 """End to end, issue 18 and two agent bugs of issue 12, on real wireguard-go, coturn and NATs.
 
 - An agent holding 1,000 configured peers (two real, the rest keys nobody holds) connects
-  its real peer, forks no `wg` while it runs, and its log passes ``replay --verify``.
+  its real peers, forks no `wg` while it runs, and its log passes ``replay --verify``.
 - An agent started seconds after another, with the default policy, writes its start into
   its own stream: ``natrelay status/replay --node`` know it (issue 12, bug 1).
 - A direct path that goes silent and stays blocked falls back to the relay without the
@@ -50,23 +50,26 @@ def _forks_during(pid: int, seconds: float) -> set[int]:
     return seen
 
 
-def test_an_agent_with_a_thousand_configured_peers_connects_the_real_one_and_forks_nothing(
+def test_an_agent_with_a_thousand_configured_peers_connects_the_real_ones_and_forks_nothing(
     mesh_factory,
 ) -> None:
     mesh = mesh_factory("preserving", "preserving")
+    mesh.topo.add_peer("c", "preserving")
     mesh.start_agent("b")
-    mesh.start_agent("a", extra=_fake_peers(998))
+    mesh.start_agent("c")
+    mesh.start_agent("a", extra=_fake_peers(998))  # b, c and 998 absent: 1,000 peers
     mesh.wait_running("a", timeout=60)
-    took = mesh.wait_path("direct", 40)
-    print(f"direct path with 1,000 configured peers {took:.2f} s after a was running")
-    assert mesh.ping("a", "b"), mesh.diagnostics()
+    for pair in (("a", "b"), ("a", "c")):
+        took = mesh.wait_path("direct", 40, pair=pair)
+        print(f"{pair[0]}-{pair[1]} direct with 1,000 configured peers {took:.2f} s after a was running")
+        assert mesh.ping(*pair), mesh.diagnostics()
     out = mesh.topo.wg("a", "show", mesh.topo.peers["a"].wg_if, "peers")
-    assert len(out.split()) == 999, "WireGuard holds b and the 998 absent peers"
+    assert len(out.split()) == 1000, "WireGuard holds b, c and the 998 absent peers"
     forks = _forks_during(mesh.agent_pid("a"), 8)
     assert not forks, f"agent a forked `wg` {len(forks)} times in steady state"
-    assert mesh.stop_agent("a") == 0, mesh.agent_log("a")[-2000:]
-    assert mesh.stop_agent("b") == 0, mesh.agent_log("b")[-2000:]
-    for node in ("a", "b"):
+    for node in ("a", "b", "c"):
+        assert mesh.stop_agent(node) == 0, mesh.agent_log(node)[-2000:]
+    for node in ("a", "b", "c"):
         print(mesh.verify(node))
         replay = mesh.cli("replay", str(mesh.log_path), "--node", node, "--verify")
         assert replay.returncode == 0, replay.stdout + replay.stderr

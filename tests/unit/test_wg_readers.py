@@ -66,6 +66,11 @@ def test_uapi_get_parses_handshakes_endpoints_counters_and_drops_the_private_key
 def test_uapi_get_with_only_parses_just_those_peers() -> None:
     status = parse_get(GET, only={C})
     assert [p.public_key for p in status.peers] == [C]
+    full = parse_get(GET)
+    for key in (B, C):
+        assert parse_get(GET, only={key, make_key(9)}).peers == (full.peer(key),)
+    many = {make_key(i) for i in range(10, 80)} | {B}  # past the find-each-key shortcut
+    assert parse_get(GET, only=many).peers == (full.peer(B),)
 
 
 @pytest.mark.parametrize(
