@@ -189,8 +189,13 @@ class Observing:
         """When to read WireGuard next: soon for awaited handshakes, else at the silence cadence."""
         watch = self.watch
         watch.awaited = self._awaited()
+        fast = now + max(1, int(self.poll_interval * 1000))
         if watch.awaited:
-            watch.wireguard_at = min(watch.wireguard_at, now + max(1, int(self.poll_interval * 1000)))
+            watch.wireguard_at = min(watch.wireguard_at, fast)
+        if any(record.relay_pending is not None for record in self.engine.peers.values()):
+            # A relay session waits for the peer's relayed address: read the rendezvous soon,
+            # or the session binds to the address the peer had on its previous relay.
+            watch.rendezvous_at = min(watch.rendezvous_at, fast)
 
     def _sleep_ms(self: Agent, now: int) -> int:
         """Milliseconds until something is due (0: now)."""
