@@ -193,10 +193,15 @@ def _events(db: Path, node: str, kind: str) -> list[object]:
     from natrelay.eventlog import EventLog
     from natrelay.eventlog.replay import node_events
 
+    from natrelay.eventlog.errors import EventLogError
+
     if not db.exists():
         return []
-    with EventLog.open(str(db), create=False) as log:
-        return [e for _s, _st, e in node_events(log, node) if kind == e.TYPE]
+    try:
+        with EventLog.open(str(db), create=False) as log:
+            return [e for _s, _st, e in node_events(log, node) if kind == e.TYPE]
+    except EventLogError:
+        return []  # the agents are still creating the log
 
 
 def wait_for(what: str, condition: object, timeout: float) -> None:
