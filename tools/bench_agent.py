@@ -191,9 +191,8 @@ def uapi_handshake_ms(interface: str, public_key: str) -> int | None:
 
 def _events(db: Path, node: str, kind: str) -> list[object]:
     from natrelay.eventlog import EventLog
-    from natrelay.eventlog.replay import node_events
-
     from natrelay.eventlog.errors import EventLogError
+    from natrelay.eventlog.replay import node_events
 
     if not db.exists():
         return []
