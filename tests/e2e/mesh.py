@@ -65,7 +65,26 @@ class Mesh:
     def log_path(self) -> Path:
         return self.topo.workdir / "mesh.db"
 
-    def write_config(self, name: str) -> Path:
+    def block_direct(self, name: str, other: str) -> None:
+        """Drop every packet between the two peers' public addresses at ``name``'s router.
+
+        TURN traffic goes to the relays' addresses and passes; only the direct path dies.
+        """
+        router, far = self.topo.peers[name].router_ns, self.topo.peers[other].wan_ip
+        for direction in ("-d", "-s"):
+            run(["iptables", "-I", "FORWARD", direction, far, "-j", "DROP"], ns=router)
+
+    def agent_pid(self, name: str) -> int:
+        """The agent's own pid (`ip netns exec` execs it in place)."""
+        return self.topo._processes[f"agent-{name}"].pid
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`natrelay ARGS` on the shared log, as a person would type it."""
+        return subprocess.run(
+            [sys.executable, "-m", "natrelay.tools.cli", *args], capture_output=True, text=True, timeout=60
+        )
+
+    def write_config(self, name: str, extra: str = "") -> Path:
         topo = self.topo
         cred = topo.workdir / "turn.cred"
         if not cred.exists():
@@ -100,12 +119,13 @@ class Mesh:
                 'region = "lab"',
             ]
         path = topo.workdir / f"agent-{name}.toml"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("\n".join(lines) + "\n" + extra)
         return path
 
-    def start_agent(self, name: str) -> None:
+    def start_agent(self, name: str, extra: str = "") -> None:
+        """Start `name`'s agent; ``extra`` is TOML appended to its config (more [[peers]])."""
         peer = self.topo.peers[name]
-        config = self.write_config(name)
+        config = self.write_config(name, extra)
         self.started_at[name] = time.monotonic()
         self.runs[name] = self.agent_log(name).count("agent running")
         self.topo.spawn(
