@@ -434,6 +434,18 @@ class Topology:
         time.sleep(settle)
         self.set_nat(name, kind, flush="none")
 
+    def block_direct(self, name: str, other: str, blocked: bool = True) -> None:
+        """A firewall in ``name``'s router drops everything to and from ``other``'s router.
+
+        Relayed traffic (to and from the TURN relays) still passes: only the direct path
+        between the two peers dies. ``blocked=False`` removes the rules again.
+        """
+        router, wan_if = f"{self.prefix}-nat{name}", self.peers[name].wan_if
+        other_ip = self.peers[other].wan_ip
+        action = "-I" if blocked else "-D"
+        for direction in (["-i", wan_if, "-s", other_ip], ["-o", wan_if, "-d", other_ip]):
+            run(["iptables", action, "FORWARD", *direction, "-j", "DROP"], ns=router)
+
     # ---- helpers for tests -------------------------------------------------------------
 
     def wg(self, name: str, *args: str) -> str:

@@ -39,8 +39,10 @@ from typing import Any
 
 import attrs
 
+from natrelay.adapters.mesh import data_plane as dp
 from natrelay.adapters.mesh import intake
 from natrelay.adapters.mesh.agent_config import AgentConfig
+from natrelay.adapters.mesh.path_proxy import PathProxy, parse_addr
 from natrelay.adapters.mesh.rendezvous import Rendezvous, latest_relay_address
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnSession
 from natrelay.adapters.mesh.wireguard import PeerConfig, WireGuard, WireGuardError
@@ -129,6 +131,11 @@ class Agent:
     #: peer -> (received bytes, when that count was first seen): the liveness signal.
     _rx: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     _silence_reported: set[str] = attrs.field(factory=set)
+    #: The data plane when the agent owns the public port (data_plane = "proxy").
+    proxy: PathProxy | None = None
+    #: Relay sessions the engine closed at an upgrade, kept open until the given time (ms).
+    _warm: dict[tuple[str, str], tuple[TurnSession, int]] = attrs.field(factory=dict)
+    _port_mapper: Any = None
 
     # ---- time --------------------------------------------------------------------------
 
@@ -150,9 +157,15 @@ class Agent:
         self.me, self.listen_port = status.public_key, status.listen_port
         for spec in cfg.relays:
             self._credentials[spec.server.relay_id] = spec.credentials.load()
+        dp.open_data_plane(self, status)
         for peer in cfg.peers:
             self.wireguard.add_peer(
-                PeerConfig(peer.public_key, peer.allowed_ips, None, cfg.persistent_keepalive)
+                PeerConfig(
+                    peer.public_key,
+                    peer.allowed_ips,
+                    self.proxy.add_peer(peer.public_key) if self.proxy else None,
+                    cfg.persistent_keepalive,
+                )
             )
         fresh = self._seen_seq == 0
         if fresh or self.engine.policy != cfg.policy:
@@ -248,6 +261,11 @@ class Agent:
         for (peer, relay), session in list(self._sessions.items()):
             await self._close_session(peer, relay, session)
         self._sessions.clear()
+        for (peer, relay), (session, _until) in list(self._warm.items()):
+            await self._close_session(peer, relay, session)
+        self._warm.clear()
+        await dp.close_port_mapping(self)
+        dp.close_data_plane(self)
         self.rendezvous.close()
         self.log.close()
 
@@ -351,6 +369,8 @@ class Agent:
     # ---- commands ----------------------------------------------------------------------
 
     def execute(self, command: Command) -> None:
+        if self.proxy is not None and dp.execute(self, command):
+            return
         if isinstance(command, TryDirectEndpoint):
             queue = self._attempts.setdefault(command.peer, [])
             queue[:] = [a for a in queue if a.command.deadline > self.now()]
@@ -395,6 +415,10 @@ class Agent:
                         log.error("direct attempt to %s failed: %s", attempt.command.endpoint, exc)
 
     def _set_endpoint(self, peer: str, endpoint: str) -> None:
+        if self.proxy is not None:
+            # WireGuard keeps its loopback endpoint; the proxy sends to the peer.
+            self.proxy.use_direct(peer, parse_addr(endpoint))
+            return
         assert self.wireguard is not None
         self.wireguard.set_endpoint(peer, endpoint, handshake_now=True)
         # Re-creating the peer zeroes its latest handshake: any later value is new.
@@ -419,6 +443,8 @@ class Agent:
 
     def _restore_relay(self, peer: str) -> None:
         """A failed upgrade probe moved WireGuard off the relay: point it back."""
+        if self.proxy is not None:
+            return  # probes never moved it
         kind, relay = self._path.get(peer, ("", ""))
         session = self._sessions.get((peer, relay)) if kind == "relay" else None
         if session is not None and session.local_endpoint is not None:
@@ -445,6 +471,8 @@ class Agent:
                 )
             )
             return
+        if dp.rewarm(self, peer, relay):
+            return
         old = self._sessions.pop((peer, relay), None)
         if old is not None:
             await self._close_session(peer, relay, old)
@@ -452,8 +480,9 @@ class Agent:
             spec.server,
             self._credentials[relay],
             peer,
-            wireguard_addr=("127.0.0.1", self.listen_port),
+            wireguard_addr=None if self.proxy else ("127.0.0.1", self.listen_port),
             on_dead=self._session_dead,
+            sink=self.proxy.sink_for(peer) if self.proxy else None,
         )
         self._sessions[(peer, relay)] = session
         try:
@@ -498,6 +527,10 @@ class Agent:
 
     def _session_dead(self, session: TurnSession, reason: str) -> None:
         key = (session.peer, session.server.relay_id)
+        if self._warm.get(key, (None, 0))[0] is session:
+            del self._warm[key]  # the engine closed it already: nothing to report
+            self._spawn(self._close_session(session.peer, session.server.relay_id, session))
+            return
         if self._sessions.get(key) is not session:
             return
         del self._sessions[key]
@@ -513,6 +546,8 @@ class Agent:
         self._spawn(self._close_session(session.peer, session.server.relay_id, session))
 
     async def _close_session(self, peer: str, relay: str, session: TurnSession) -> None:
+        if self.proxy is not None:
+            self.proxy.drop_relay(peer, session)
         with contextlib.suppress(Exception):
             self.rendezvous.withdraw_relay_address(self.now(), self.me, peer, relay, session.session_id)
         with contextlib.suppress(Exception):
@@ -542,6 +577,10 @@ class Agent:
             if endpoint is None:
                 continue
             relay = proxies.get(endpoint)
+            if self.proxy is not None:
+                endpoint, relay = dp.handshake_path(self, key)
+                if endpoint is None and relay is None:
+                    continue
             if relay is not None:
                 event = HandshakeObserved(at=self.now(), peer=key, relay=relay)
             else:
@@ -633,6 +672,9 @@ class Agent:
             log.error("rebinding %r to the peer's new relayed address failed: %s", session, exc)
 
     def _publish_candidates(self) -> None:
+        if self.proxy is not None or self.config.advertise_host or self.config.port_mapping:
+            dp.publish_candidates(self)
+            return
         candidates = list(self.config.extra_candidates)
         if self.config.advertise_reflexive:
             for spec in self.config.relays:

@@ -107,9 +107,14 @@ class Rendezvous:
             )
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
-    def publish_candidates(self, at: int, sender: str, candidates: tuple[str, ...]) -> int:
-        """``sender`` can be reached at these endpoints (to everyone)."""
-        return self._publish(at, sender, None, "candidates", {"candidates": list(candidates)})
+    def publish_candidates(
+        self, at: int, sender: str, candidates: tuple[str, ...], kinds: dict[str, str] | None = None
+    ) -> int:
+        """``sender`` can be reached at these endpoints (to everyone); ``kinds``: endpoint -> kind."""
+        payload: dict[str, Any] = {"candidates": list(candidates)}
+        if kinds:
+            payload["kinds"] = dict(kinds)
+        return self._publish(at, sender, None, "candidates", payload)
 
     def publish_relay_address(
         self, at: int, sender: str, recipient: str, relay: str, session: str, address: str

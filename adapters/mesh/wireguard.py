@@ -204,6 +204,10 @@ class WireGuard:
         self._run(set_peer_args(self.interface, peer))
         self._configs[peer.public_key] = peer
 
+    def set_listen_port(self, port: int) -> None:
+        """Listen on ``port`` (0: a free one the kernel picks)."""
+        self._run(["wg", "set", self.interface, "listen-port", str(port)])
+
     def remove_peer(self, public_key: str) -> None:
         self._run(["wg", "set", self.interface, "peer", public_key, "remove"])
         self._configs.pop(public_key, None)
