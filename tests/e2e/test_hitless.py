@@ -107,3 +107,54 @@ def test_blocked_direct_path_falls_back_fast_and_comes_back_hitless(mesh_factory
     print(f"unblocked: direct again after {took:.1f} s; {back.summary()}")
     assert not back.lost, back.summary()
     _stop_and_verify(mesh)
+
+
+def _topology(internet_net: str | None = None):
+    from natrelay.tools.topology import Topology
+
+    topo = Topology() if internet_net is None else Topology(internet_net=internet_net)
+    topo.start()
+    topo.add_relay("r1")
+    topo.add_relay("r2")
+    return topo
+
+
+def test_two_peers_on_one_lan_connect_over_the_lan() -> None:
+    topo = _topology()
+    try:
+        topo.add_peer("a", "symmetric")
+        topo.add_peer("b", lan_of="a")  # same LAN, same NAT; the router does not hairpin
+        mesh = _default_policy(Mesh(topo))
+        mesh.start_agent("a")
+        mesh.start_agent("b")
+        took = mesh.wait_path("direct", 60)
+        a, b = topo.peers["a"], topo.peers["b"]
+        assert mesh.proxy_path("a", "b") == ("direct", f"{b.lan_ip}:51820")
+        assert mesh.proxy_path("b", "a") == ("direct", f"{a.lan_ip}:51820")
+        assert f"{b.lan_ip}:51820 (host)" in mesh.agent_log("b")
+        print(f"one LAN behind one NAT: direct over the LAN {took:.1f} s after the agents started")
+        _stop_and_verify(mesh)
+    finally:
+        topo.teardown()
+
+
+def test_symmetric_nat_with_upnp_connects_through_the_mapped_port() -> None:
+    topo = _topology(internet_net="198.51.99")
+    try:
+        topo.add_peer("a", "symmetric")
+        topo.add_peer("b", "preserving")
+        topo.start_miniupnpd("a")
+        mesh = _default_policy(Mesh(topo))
+        mesh.settings["port_mapping"] = True
+        mesh.start_agent("a")
+        mesh.start_agent("b")
+        mapped = f"{topo.peers['a'].wan_ip}:51820"
+        mesh.wait_for("a's mapped candidate", lambda: f"{mapped} (mapped)" in mesh.agent_log("a"), 30)
+        assert "dnat" in topo.upnp_mappings("a") and "51820" in topo.upnp_mappings("a")
+        took = mesh.wait_path("direct", 90)
+        assert mesh.proxy_path("b", "a") == ("direct", mapped)
+        print(f"symmetric NAT + miniupnpd: direct through {mapped} after {took:.1f} s")
+        _stop_and_verify(mesh)
+        assert topo.upnp_mappings("a") == "", "the mapping must be gone after the agent stops"
+    finally:
+        topo.teardown()
