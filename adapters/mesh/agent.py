@@ -136,6 +136,8 @@ class Agent:
     #: Relay sessions the engine closed at an upgrade, kept open until the given time (ms).
     _warm: dict[tuple[str, str], tuple[TurnSession, int]] = attrs.field(factory=dict)
     _port_mapper: Any = None
+    #: peer -> {endpoint: kind} from the rendezvous at start (for PeerAdded).
+    _published_kinds: dict[str, dict[str, str]] = attrs.field(factory=dict)
 
     # ---- time --------------------------------------------------------------------------
 
@@ -181,12 +183,17 @@ class Agent:
         published = self._await_candidates([p.public_key for p in new])
         for peer in new:
             candidates = tuple(dict.fromkeys(peer.endpoints + published.get(peer.public_key, ())))
+            named = {
+                **self._published_kinds.get(peer.public_key, {}),
+                **dict.fromkeys(peer.endpoints, "configured"),
+            }
             self.feed(
                 PeerAdded(
                     at=self.now(),
                     peer=peer.public_key,
                     name=peer.name,
                     candidates=candidates,
+                    kinds=tuple(named.get(c, "") for c in candidates) if named else (),
                     access=peer.access,  # type: ignore[arg-type]
                     preferred_region=peer.preferred_region,
                 )
@@ -210,6 +217,9 @@ class Agent:
                             self._pending.append(update)  # recorded at the first step
                     else:
                         found[record.sender] = update.candidates
+                        self._published_kinds[record.sender] = dict(
+                            zip(update.candidates, update.kinds, strict=False)
+                        )
             if len(found) == len(peers) or time.monotonic() >= deadline:
                 return found
             time.sleep(0.05)
@@ -661,8 +671,10 @@ class Agent:
         published = payload.get("candidates", ())
         if not isinstance(published, list):
             published = [published]
+        kinds = payload.get("kinds")
+        kinds = {**dict.fromkeys(known, "configured"), **(kinds if isinstance(kinds, dict) else {})}
         return intake.candidates_updated(
-            self.now(), "rendezvous", peer=record.sender, candidates=list(known) + published
+            self.now(), "rendezvous", peer=record.sender, candidates=list(known) + published, kinds=kinds
         )
 
     async def _rebind(self, session: TurnSession, remote: str) -> None:

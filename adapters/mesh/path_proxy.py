@@ -43,7 +43,9 @@ import asyncio
 import contextlib
 import errno
 import logging
+import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +64,20 @@ KEEPALIVE_LEN = 32
 HOLD_INITIATION_S = 4.0
 HOLD_MAX = 4
 _RECV_BATCH = 64
+
+
+#: Socket buffers: the event loop can be busy for milliseconds (a database write), and
+#: at a few hundred Mbit/s the kernel's default 208 KiB fills in less than that.
+SOCKET_BUFFER = 8 * 1024 * 1024
+
+
+def _big_buffers(sock: socket.socket) -> None:
+    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_*BUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:  # not root: as much as net.core.[rw]mem_max allows
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
 def fmt(addr: Addr) -> str:
@@ -137,6 +153,8 @@ class PathProxy:
     #: (peer, address) -> when a pong from there last answered one of our pings.
     _confirmed: dict[tuple[str, Addr], float] = attrs.field(factory=dict)
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
+    _epoll: Any = None
+    _thread: threading.Thread | None = None
     rejected_probes: int = 0
     closed: bool = False
 
@@ -147,10 +165,35 @@ class PathProxy:
         self._loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
+        _big_buffers(sock)
         sock.bind((self.bind_host, self.public_port))
         self._public = sock
-        self._loop.add_reader(sock.fileno(), self._read_public)
+        self._epoll = select.epoll()
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
+        self._thread = threading.Thread(target=self._forward, name="natrelay-path-proxy", daemon=True)
+        self._thread.start()
         self._spawn(self._heartbeat())
+
+    def _forward(self) -> None:
+        """The forwarding thread: WireGuard's packets never wait for the agent's loop.
+
+        The agent's loop blocks now and then (a database write, reading WireGuard); a
+        packet path on that loop stalled with it and cost half the throughput. Probes
+        and relay sends go back to the loop (asyncio transports are not thread-safe).
+        """
+        epoll = self._epoll
+        while not self.closed:
+            try:
+                events = epoll.poll(0.2)
+            except (OSError, ValueError):
+                return
+            for fd, _mask in events:
+                if self._public is not None and fd == self._public.fileno():
+                    self._read_public()
+                else:
+                    link = self._by_fd.get(fd)
+                    if link is not None:
+                        self._read_link(link)
 
     @property
     def wg_addr(self) -> Addr:
@@ -164,12 +207,13 @@ class PathProxy:
         assert self._loop is not None, "start() first"
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
+        _big_buffers(sock)
         sock.bind(("127.0.0.1", 0))
         link = PeerLink(peer=peer, sock=sock)
         self._links[peer] = link
         self._by_fd[sock.fileno()] = link
         self._keys[peer] = pr.pair_key(self.secret, self.me, peer)
-        self._loop.add_reader(sock.fileno(), self._read_link, link)
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
         return link.endpoint
 
     def remove_peer(self, peer: str) -> None:
@@ -177,8 +221,8 @@ class PathProxy:
         if link is None:
             return
         self._by_fd.pop(link.sock.fileno(), None)
-        if self._loop is not None:
-            self._loop.remove_reader(link.sock.fileno())
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(link.sock.fileno())
         link.sock.close()
         for addr in [a for a, p in self._addr_peer.items() if p == peer]:
             del self._addr_peer[addr]
@@ -190,11 +234,13 @@ class PathProxy:
             task.cancel()
         for peer in list(self._links):
             self.remove_peer(peer)
+        if self._thread is not None:
+            self._thread.join(1.0)
         if self._public is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._public.fileno())
             self._public.close()
             self._public = None
+        if self._epoll is not None:
+            self._epoll.close()
 
     # ---- paths -----------------------------------------------------------------------------
 
@@ -360,7 +406,7 @@ class PathProxy:
             except OSError:
                 return  # ICMP errors surface here; nothing to do
             if pr.looks_like_probe(data):
-                self._public_probe(data, addr)
+                self._on_loop(self._public_probe, data, addr)
                 continue
             peer = self._addr_peer.get(addr)
             link = self._links.get(peer) if peer else None
@@ -388,12 +434,23 @@ class PathProxy:
             if link.direct is not None:
                 if self._send_public(data, link.direct):
                     link.tx_direct += 1
-            elif link.relay is not None and link.relay.send(data):
-                link.tx_relay += 1
+            elif link.relay is not None:
+                self._on_loop(self._relay_send, link, data)
             else:
                 link.dropped += 1
                 if data[:1] in (b"\x01", b"\x02"):
                     link.held = [*link.held[-(HOLD_MAX - 1) :], (data, time.monotonic())]
+
+    def _relay_send(self, link: PeerLink, data: bytes) -> None:
+        relay = link.relay
+        if link.direct is None and relay is not None and relay.send(data):
+            link.tx_relay += 1
+
+    def _on_loop(self, function: Callable[..., None], *args: Any) -> None:
+        if self._loop is None or self.closed:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._loop.call_soon_threadsafe(function, *args)
 
     def _release_held(self, link: PeerLink) -> None:
         held, link.held = link.held, []
