@@ -458,8 +458,8 @@ class Topology:
         time.sleep(settle)
         self.set_nat(name, kind, flush="none")
 
-    def start_miniupnpd(self, name: str) -> None:
-        """Run miniupnpd (UPnP IGD, NAT-PMP and PCP) on ``name``'s router, nftables backend.
+    def start_miniupnpd(self, name: str, *, upnp: bool = True) -> None:
+        """Run miniupnpd (UPnP IGD unless ``upnp`` is False, NAT-PMP and PCP) on ``name``'s router.
 
         Debian's miniupnpd does not create its nft table and its init script is broken,
         so the table is made here; the router's iptables FORWARD drop of NEW inbound
@@ -505,7 +505,8 @@ class Topology:
         lan_net = peer.lan_ip.rsplit(".", 1)[0]
         conf = self.workdir / f"miniupnpd-{name}.conf"
         conf.write_text(
-            f"ext_ifname={peer.wan_if}\nlistening_ip={lan_if}\nenable_natpmp=yes\nenable_upnp=yes\n"
+            f"ext_ifname={peer.wan_if}\nlistening_ip={lan_if}\nenable_natpmp=yes\n"
+            f"enable_upnp={'yes' if upnp else 'no'}\n"
             f"secure_mode=yes\nupnp_table_name={table}\nupnp_nat_table_name={table}\n"
             "uuid=3f1c0a9e-5b1d-4c3e-9a55-0123456789ab\n"
             f"allow 1024-65535 {lan_net}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"

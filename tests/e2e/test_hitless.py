@@ -138,12 +138,14 @@ def test_two_peers_on_one_lan_connect_over_the_lan() -> None:
         topo.teardown()
 
 
-def test_symmetric_nat_with_upnp_connects_through_the_mapped_port() -> None:
+@pytest.mark.parametrize("protocol", ["upnp", "pcp"])
+def test_symmetric_nat_with_upnp_connects_through_the_mapped_port(protocol: str) -> None:
+    """miniupnpd with UPnP on (the agent maps by UPnP IGD) and off (it maps by PCP)."""
     topo = _topology(internet_net="198.51.99")
     try:
         topo.add_peer("a", "symmetric")
         topo.add_peer("b", "preserving")
-        topo.start_miniupnpd("a")
+        topo.start_miniupnpd("a", upnp=protocol == "upnp")
         mesh = _default_policy(Mesh(topo))
         mesh.settings["port_mapping"] = True
         mesh.start_agent("a")
@@ -151,9 +153,10 @@ def test_symmetric_nat_with_upnp_connects_through_the_mapped_port() -> None:
         mapped = f"{topo.peers['a'].wan_ip}:51820"
         mesh.wait_for("a's mapped candidate", lambda: f"{mapped} (mapped)" in mesh.agent_log("a"), 30)
         assert "dnat" in topo.upnp_mappings("a") and "51820" in topo.upnp_mappings("a")
+        assert f"port mapping by {protocol}: {mapped}" in mesh.agent_log("a")
         took = mesh.wait_path("direct", 90)
         assert mesh.proxy_path("b", "a") == ("direct", mapped)
-        print(f"symmetric NAT + miniupnpd: direct through {mapped} after {took:.1f} s")
+        print(f"symmetric NAT + miniupnpd ({protocol}): direct through {mapped} after {took:.1f} s")
         _stop_and_verify(mesh)
         assert topo.upnp_mappings("a") == "", "the mapping must be gone after the agent stops"
     finally:
