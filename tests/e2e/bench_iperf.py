@@ -33,7 +33,9 @@ def iperf(t: Topology, secs: int = 5) -> float:
     out = run(
         ["iperf3", "-c", t.peers["b"].tunnel_ip, "-t", str(secs), "-J"], ns=t.peers["a"].ns, timeout=secs + 20
     ).stdout
-    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+    end = json.loads(out)["end"]
+    print(f"  (retransmits: {end['sum_sent'].get('retransmits')})", flush=True)
+    return end["sum_received"]["bits_per_second"] / 1e6
 
 
 kind = sys.argv[1] if len(sys.argv) > 1 else "direct"
