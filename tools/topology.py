@@ -53,7 +53,7 @@ TURN_PORT = 3478
 WG_PORT = 51820
 TURN_REALM = "natrelay.test"
 STATE_DIR = Path("/run/natrelay-topology")
-REQUIRED_TOOLS = ("ip", "iptables", "conntrack", "wg", "wireguard-go", "turnserver")
+REQUIRED_TOOLS = ("ip", "iptables", "conntrack", "wg", "wireguard-go", "turnserver", "miniupnpd", "nft")
 
 
 class TopologyError(RuntimeError):
