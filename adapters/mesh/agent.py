@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +41,7 @@ import attrs
 from natrelay.adapters.mesh import data_plane as dp
 from natrelay.adapters.mesh import intake
 from natrelay.adapters.mesh.agent_config import AgentConfig
+from natrelay.adapters.mesh.candidates import stun_public_ip
 from natrelay.adapters.mesh.path_proxy import PathProxy, parse_addr
 from natrelay.adapters.mesh.rendezvous import Rendezvous, latest_relay_address
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnSession
@@ -697,23 +697,6 @@ class Agent:
         unique = tuple(dict.fromkeys(candidates))
         if unique:
             self.rendezvous.publish_candidates(self.now(), self.me, unique)
-
-
-def stun_public_ip(host: str, port: int, timeout: float = 1.0) -> str | None:
-    """This host's public IP as a STUN server sees it (a Binding request, no credentials)."""
-    from aioice import stun
-
-    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.sendto(bytes(request), (host, port))
-            data, _ = sock.recvfrom(2048)
-            response = stun.parse_message(data)
-        except (OSError, ValueError):
-            return None
-    mapped = response.attributes.get("XOR-MAPPED-ADDRESS")
-    return mapped[0] if mapped else None
 
 
 async def run_agent(

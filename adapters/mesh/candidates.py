@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
 import subprocess
 from typing import Literal
 
@@ -69,3 +70,20 @@ def ordered(kinds: dict[str, CandidateKind]) -> tuple[str, ...]:
     """Endpoints by kind (host, mapped, reflexive, configured), each kind in insertion order."""
     rank = {kind: i for i, kind in enumerate(KIND_ORDER)}
     return tuple(sorted(kinds, key=lambda e: rank.get(kinds[e], len(rank))))
+
+
+def stun_public_ip(host: str, port: int, timeout: float = 1.0) -> str | None:
+    """This host's public IP as a STUN server sees it (a Binding request, no credentials)."""
+    from aioice import stun
+
+    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(bytes(request), (host, port))
+            data, _ = sock.recvfrom(2048)
+            response = stun.parse_message(data)
+        except (OSError, ValueError):
+            return None
+    mapped = response.attributes.get("XOR-MAPPED-ADDRESS")
+    return mapped[0] if mapped else None

@@ -26,7 +26,7 @@ paths, so the two can change apart.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from natrelay.adapters.mesh import candidates as cand
 from natrelay.adapters.mesh.path_proxy import Addr, PathProxy, fmt, parse_addr
@@ -36,8 +36,8 @@ from natrelay.core import lifecycle as lc
 from natrelay.core.commands import CloseRelaySession, Command, ForgetPeer, SwitchPath, TryDirectEndpoint
 from natrelay.core.events import HandshakeObserved, PathSilent, RelaySessionEstablished
 
-if TYPE_CHECKING:
-    from natrelay.adapters.mesh.agent import Agent
+#: The agent (``adapters.mesh.agent.Agent``); not imported, so the two modules form no cycle.
+Agent = Any
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +232,6 @@ def _called(agent: Agent, peer: str) -> None:
 
 def publish_candidates(agent: Agent) -> None:
     """Publish host, mapped, reflexive and configured candidates with their kinds."""
-    from natrelay.adapters.mesh.agent import stun_public_ip
-
     cfg, port = agent.config, agent.listen_port
     kinds: dict[str, Any] = {}
     if cfg.advertise_host:
@@ -244,7 +242,7 @@ def publish_candidates(agent: Agent) -> None:
         kinds.setdefault(mapper.external, "mapped")
     if cfg.advertise_reflexive:
         for spec in cfg.relays:
-            ip = stun_public_ip(spec.server.host, spec.server.port)
+            ip = cand.stun_public_ip(spec.server.host, spec.server.port)
             if ip is not None:
                 kinds.setdefault(f"{ip}:{port}", "reflexive")
                 break
