@@ -29,6 +29,7 @@ import logging
 from typing import Any
 
 from natrelay.adapters.mesh import candidates as cand
+from natrelay.adapters.mesh.agent_config import ConfigError
 from natrelay.adapters.mesh.path_proxy import Addr, PathProxy, fmt, parse_addr
 from natrelay.adapters.mesh.turn_relay import TurnSession
 from natrelay.adapters.mesh.wireguard import InterfaceStatus, WireGuardError
@@ -65,7 +66,11 @@ def open_data_plane(agent: Agent, status: InterfaceStatus) -> None:
         on_dead=lambda peer, silent: _dead(agent, peer, silent),
         on_call=lambda peer: _called(agent, peer),
     )
-    proxy.start()
+    try:
+        proxy.start()
+    except OSError as exc:
+        proxy.close()
+        raise ConfigError(f"listen_port: cannot bind udp port {public}: {exc.strerror}") from None
     agent.proxy = proxy
     agent.listen_port = public
     log.info("data plane: proxy on udp port %d, WireGuard on 127.0.0.1:%d", public, status.listen_port)

@@ -168,7 +168,11 @@ class PathProxy:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         _big_buffers(sock)
-        sock.bind((self.bind_host, self.public_port))
+        try:
+            sock.bind((self.bind_host, self.public_port))
+        except OSError:
+            sock.close()
+            raise
         self._public = sock
         self._epoll = select.epoll()
         self._epoll.register(sock.fileno(), select.EPOLLIN)
