@@ -35,15 +35,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
+from natrelay.adapters.mesh import data_plane as dp
 from natrelay.adapters.mesh.agent_config import AgentConfig
+from natrelay.adapters.mesh.candidates import stun_public_ip
 from natrelay.adapters.mesh.observe import Inbox, Observing, Watch
+from natrelay.adapters.mesh.path_proxy import PathProxy, parse_addr
 from natrelay.adapters.mesh.rendezvous import Rendezvous
 from natrelay.adapters.mesh.startup import Starting
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnSession
@@ -125,6 +127,13 @@ class Agent(Starting, Observing):
     #: peer -> (received bytes, when that count was first seen): the liveness signal.
     _rx: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     _silence_reported: set[str] = attrs.field(factory=set)
+    #: The data plane when the agent owns the public port (data_plane = "proxy").
+    proxy: PathProxy | None = None
+    #: Relay sessions the engine closed at an upgrade, kept open until the given time (ms).
+    _warm: dict[tuple[str, str], tuple[TurnSession, int]] = attrs.field(factory=dict)
+    _port_mapper: Any = None
+    #: peer -> {endpoint: kind} from the rendezvous at start (for PeerAdded).
+    _published_kinds: dict[str, dict[str, str]] = attrs.field(factory=dict)
 
     # ---- time --------------------------------------------------------------------------
 
@@ -159,6 +168,11 @@ class Agent(Starting, Observing):
         for (peer, relay), session in list(self._sessions.items()):
             await self._close_session(peer, relay, session)
         self._sessions.clear()
+        for (peer, relay), (session, _until) in list(self._warm.items()):
+            await self._close_session(peer, relay, session)
+        self._warm.clear()
+        await dp.close_port_mapping(self)
+        dp.close_data_plane(self)
         self.rendezvous.close()
         self.log.close()
 
@@ -229,6 +243,8 @@ class Agent(Starting, Observing):
     # ---- commands ----------------------------------------------------------------------
 
     def execute(self, command: Command) -> None:
+        if self.proxy is not None and dp.execute(self, command):
+            return
         if isinstance(command, TryDirectEndpoint):
             queue = self._attempts.setdefault(command.peer, [])
             queue[:] = [a for a in queue if a.command.deadline > self.now()]
@@ -273,6 +289,10 @@ class Agent(Starting, Observing):
                         log.error("direct attempt to %s failed: %s", attempt.command.endpoint, exc)
 
     def _set_endpoint(self, peer: str, endpoint: str) -> None:
+        if self.proxy is not None:
+            # WireGuard keeps its loopback endpoint; the proxy sends to the peer.
+            self.proxy.use_direct(peer, parse_addr(endpoint))
+            return
         assert self.wireguard is not None
         self.wireguard.set_endpoint(peer, endpoint, handshake_now=True)
         # Re-creating the peer zeroes its latest handshake: any later value is new.
@@ -297,6 +317,8 @@ class Agent(Starting, Observing):
 
     def _restore_relay(self, peer: str) -> None:
         """A failed upgrade probe moved WireGuard off the relay: point it back."""
+        if self.proxy is not None:
+            return  # probes never moved it
         kind, relay = self._path.get(peer, ("", ""))
         session = self._sessions.get((peer, relay)) if kind == "relay" else None
         if session is not None and session.local_endpoint is not None:
@@ -323,6 +345,8 @@ class Agent(Starting, Observing):
                 )
             )
             return
+        if dp.rewarm(self, peer, relay):
+            return
         old = self._sessions.pop((peer, relay), None)
         if old is not None:
             await self._close_session(peer, relay, old)
@@ -330,8 +354,9 @@ class Agent(Starting, Observing):
             spec.server,
             self._credentials[relay],
             peer,
-            wireguard_addr=("127.0.0.1", self.listen_port),
+            wireguard_addr=None if self.proxy else ("127.0.0.1", self.listen_port),
             on_dead=self._session_dead,
+            sink=self.proxy.sink_for(peer) if self.proxy else None,
         )
         self._sessions[(peer, relay)] = session
         try:
@@ -376,6 +401,10 @@ class Agent(Starting, Observing):
 
     def _session_dead(self, session: TurnSession, reason: str) -> None:
         key = (session.peer, session.server.relay_id)
+        if self._warm.get(key, (None, 0))[0] is session:
+            del self._warm[key]  # the engine closed it already: nothing to report
+            self._spawn(self._close_session(session.peer, session.server.relay_id, session))
+            return
         if self._sessions.get(key) is not session:
             return
         del self._sessions[key]
@@ -391,6 +420,8 @@ class Agent(Starting, Observing):
         self._spawn(self._close_session(session.peer, session.server.relay_id, session))
 
     async def _close_session(self, peer: str, relay: str, session: TurnSession) -> None:
+        if self.proxy is not None:
+            self.proxy.drop_relay(peer, session)
         with contextlib.suppress(Exception):
             self.rendezvous.withdraw_relay_address(self.now(), self.me, peer, relay, session.session_id)
         with contextlib.suppress(Exception):
@@ -405,6 +436,9 @@ class Agent(Starting, Observing):
             log.error("rebinding %r to the peer's new relayed address failed: %s", session, exc)
 
     def _publish_candidates(self) -> None:
+        if self.proxy is not None or self.config.advertise_host or self.config.port_mapping:
+            dp.publish_candidates(self)
+            return
         candidates = list(self.config.extra_candidates)
         if self.config.advertise_reflexive:
             for spec in self.config.relays:
@@ -415,23 +449,6 @@ class Agent(Starting, Observing):
         unique = tuple(dict.fromkeys(candidates))
         if unique:
             self.rendezvous.publish_candidates(self.now(), self.me, unique)
-
-
-def stun_public_ip(host: str, port: int, timeout: float = 1.0) -> str | None:
-    """This host's public IP as a STUN server sees it (a Binding request, no credentials)."""
-    from aioice import stun
-
-    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.sendto(bytes(request), (host, port))
-            data, _ = sock.recvfrom(2048)
-            response = stun.parse_message(data)
-        except (OSError, ValueError):
-            return None
-    mapped = response.attributes.get("XOR-MAPPED-ADDRESS")
-    return mapped[0] if mapped else None
 
 
 async def run_agent(

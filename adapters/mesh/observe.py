@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from natrelay.adapters.mesh import data_plane as dp
 from natrelay.adapters.mesh import intake
 from natrelay.adapters.mesh.rendezvous import latest_relay_address
 from natrelay.adapters.mesh.wireguard import WireGuardError
@@ -265,6 +266,11 @@ class Observing:
             if endpoint is None:
                 continue
             relay = proxies.get(endpoint)
+            if self.proxy is not None:
+                # Proxy mode: WireGuard's endpoint is a loopback port; the proxy knows the path.
+                endpoint, relay = dp.handshake_path(self, key)
+                if endpoint is None and relay is None:
+                    continue
             if relay is not None:
                 event = HandshakeObserved(at=self.now(), peer=key, relay=relay)
             else:
@@ -359,6 +365,8 @@ class Observing:
         published = payload.get("candidates", ())
         if not isinstance(published, list):
             published = [published]
+        kinds = payload.get("kinds")
+        kinds = {**dict.fromkeys(known, "configured"), **(kinds if isinstance(kinds, dict) else {})}
         return intake.candidates_updated(
-            self.now(), "rendezvous", peer=record.sender, candidates=list(known) + published
+            self.now(), "rendezvous", peer=record.sender, candidates=list(known) + published, kinds=kinds
         )

@@ -144,9 +144,14 @@ class Rendezvous:
                 conn.execute(sa.text(f"NOTIFY {CHANNEL}, '{seq}'"))
             return seq
 
-    def publish_candidates(self, at: int, sender: str, candidates: tuple[str, ...]) -> int:
-        """``sender`` can be reached at these endpoints (to everyone)."""
-        return self._publish(at, sender, None, "candidates", {"candidates": list(candidates)})
+    def publish_candidates(
+        self, at: int, sender: str, candidates: tuple[str, ...], kinds: dict[str, str] | None = None
+    ) -> int:
+        """``sender`` can be reached at these endpoints (to everyone); ``kinds``: endpoint -> kind."""
+        payload: dict[str, Any] = {"candidates": list(candidates)}
+        if kinds:
+            payload["kinds"] = dict(kinds)
+        return self._publish(at, sender, None, "candidates", payload)
 
     def publish_relay_address(
         self, at: int, sender: str, recipient: str, relay: str, session: str, address: str

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from natrelay.adapters.mesh import data_plane as dp
 from natrelay.adapters.mesh.rendezvous import Rendezvous
 from natrelay.adapters.mesh.wireguard import PeerConfig, WireGuard
 from natrelay.core import lifecycle as lc
@@ -44,9 +45,19 @@ class Starting:
         self.me, self.listen_port = status.public_key, status.listen_port
         for spec in cfg.relays:
             self._credentials[spec.server.relay_id] = spec.credentials.load()
+        dp.open_data_plane(self, status)
         # One transaction for all peers (one UAPI write; one `wg set` a peer without UAPI).
+        # In proxy mode each peer's endpoint is its loopback port of the path proxy.
         self.wireguard.add_peers(
-            [PeerConfig(p.public_key, p.allowed_ips, None, cfg.persistent_keepalive) for p in cfg.peers]
+            [
+                PeerConfig(
+                    p.public_key,
+                    p.allowed_ips,
+                    self.proxy.add_peer(p.public_key) if self.proxy else None,
+                    cfg.persistent_keepalive,
+                )
+                for p in cfg.peers
+            ]
         )
         if self._seen_seq == 0:
             self.engine = Engine(cfg.policy)
@@ -64,12 +75,17 @@ class Starting:
         published = self._await_candidates([p.public_key for p in new])
         for peer in new:
             candidates = tuple(dict.fromkeys(peer.endpoints + published.get(peer.public_key, ())))
+            named = {
+                **self._published_kinds.get(peer.public_key, {}),
+                **dict.fromkeys(peer.endpoints, "configured"),
+            }
             self.feed(
                 PeerAdded(
                     at=self.now(),
                     peer=peer.public_key,
                     name=peer.name,
                     candidates=candidates,
+                    kinds=tuple(named.get(c, "") for c in candidates) if named else (),
                     access=peer.access,  # type: ignore[arg-type]
                     preferred_region=peer.preferred_region,
                 )
@@ -93,6 +109,9 @@ class Starting:
                             self._pending.append(update)  # recorded at the first step
                     else:
                         found[record.sender] = update.candidates
+                        self._published_kinds[record.sender] = dict(
+                            zip(update.candidates, update.kinds, strict=False)
+                        )
             if len(found) == len(peers) or time.monotonic() >= deadline:
                 return found
             time.sleep(0.05)

@@ -295,6 +295,10 @@ class WireGuard:
             self._configs[peer.public_key] = peer
             self._wrote(peer.public_key)
 
+    def set_listen_port(self, port: int) -> None:
+        """Listen on ``port`` (0: a free one the kernel picks)."""
+        self._run(["wg", "set", self.interface, "listen-port", str(port)])
+
     def remove_peer(self, public_key: str) -> None:
         self.transport.apply(removals=[public_key])
         self._configs.pop(public_key, None)

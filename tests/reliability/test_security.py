@@ -70,6 +70,7 @@ def agent_config(tmp_path: Path) -> Path:
     path.write_text(
         f"""
 node = "a"
+data_plane = "endpoint"
 advertise_reflexive = false
 
 [credentials]

@@ -80,6 +80,8 @@ def make_agent(
         policy=chosen or policy(),
         persistent_keepalive=1,
         advertise_reflexive=False,
+        # The loop's own cost and timing; the data plane's sockets are tested in tests/e2e.
+        data_plane="endpoint",
     )
     wireguard = WireGuard("wgtest", socket_dir=wggo.dir, public_key=ME, backend=backend)
     return Agent(config, "wgtest", str(tmp_path / "log.sqlite"), startup_wait=0, wireguard=wireguard)
