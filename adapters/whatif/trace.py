@@ -283,7 +283,9 @@ class _Builder:
                     self._relay_down(event.relay, connect.at)
         elif isinstance(event, RelaySessionClosed):
             wide = "relay down" in event.reason
-            self.closures.append(Closure(event.at, seq, event.relay, None if wide else event.peer, event.reason))
+            self.closures.append(
+                Closure(event.at, seq, event.relay, None if wide else event.peer, event.reason)
+            )
             if wide:
                 self._relay_down(event.relay, event.at)
         elif isinstance(event, DirectAttemptTimedOut):

@@ -234,7 +234,9 @@ class TraceWorld:
         if exact is not None:
             if exact.outcome in ("established", "failed"):
                 assert exact.answered_at is not None
-                self._push(exact.answered_at, exact.seq, "relay_answer", (peer, relay, token, exact, "recorded"))
+                self._push(
+                    exact.answered_at, exact.seq, "relay_answer", (peer, relay, token, exact, "recorded")
+                )
                 return
             if exact.outcome == "silent":
                 self._count("relay", "recorded", peer)
@@ -342,7 +344,9 @@ class TraceWorld:
         self._push(at + RENEW_EVERY_MS, None, "renew", payload)
         if plane[0] == "relay":
             if (peer, plane[1]) in self._sessions and self._works(peer, "relay:" + plane[1], at, True):
-                self._emit_renewal(at, peer, "relay:" + plane[1], HandshakeObserved(at=at, peer=peer, relay=plane[1]))
+                self._emit_renewal(
+                    at, peer, "relay:" + plane[1], HandshakeObserved(at=at, peer=peer, relay=plane[1])
+                )
             return
         if self._works(peer, plane[1], at):
             self._emit_renewal(at, peer, plane[1], HandshakeObserved(at=at, peer=peer, endpoint=plane[1]))
