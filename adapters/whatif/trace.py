@@ -164,6 +164,9 @@ class Trace:
     policies: list[PolicySet]
     #: Re-deciding the recorded observations gave the recorded decisions (as `verify`).
     verified: bool
+    #: Peers the log shows losing handshakes: an attempt went unanswered while the endpoint
+    #: it reaches worked. Which handshakes another run would lose, no log can say.
+    lossy: frozenset[str] = frozenset()
 
     @property
     def reports_timeouts(self) -> bool:
@@ -388,6 +391,7 @@ class _Builder:
             self._missing_renewals(peer, plane, since, self.end + 1)
         for facts in self.facts.values():
             facts.sort(key=lambda f: f.at)
+        lossy = frozenset(peer for (peer, _), attempts in self.attempts.items() if self._lost_any(attempts))
         return Trace(
             node=self.node,
             recorded=self.recorded,
@@ -406,7 +410,26 @@ class _Builder:
             end=self.end,
             policies=self.policies,
             verified=self.verified,
+            lossy=lossy,
         )
+
+    def _lost_any(self, attempts: list[Attempt]) -> bool:
+        """Whether an attempt went unanswered while the endpoint an answered one reached worked."""
+        for silent in attempts:
+            if silent.answered_at is not None:
+                continue
+            epoch = bisect.bisect_right(self.epochs.get(silent.peer, ()), silent.at)
+            for answered in attempts:
+                if answered.reached is None:
+                    continue
+                if bisect.bisect_right(self.epochs.get(answered.peer, ()), answered.at) != epoch:
+                    continue
+                facts = self.facts.get((silent.peer, answered.reached), [])
+                before = [f for f in facts if f.at <= silent.deadline]
+                after = [f for f in facts if f.at > silent.deadline]
+                if (before or after) and all(f.works for f in (before[-1:] + after[:1])):
+                    return True
+        return False
 
 
 def _key(plane: tuple[str, str]) -> str:

@@ -180,18 +180,18 @@ class TraceWorld:
     def _try_direct(self, command: TryDirectEndpoint, now: int) -> None:
         peer = command.peer
         warm = peer in self._plane
-        entry, source = self._nearest_attempt(peer, command.endpoint, now, command.deadline)
+        entry, source = self._nearest_attempt(peer, command.endpoint, now, command.deadline, warm)
         self._count("direct", source, peer)
-        answered = entry is not None and entry.answered_at is not None and entry.reached is not None
-        if answered:
-            assert entry is not None and entry.answered_at is not None and entry.reached is not None
+        if entry is not None and entry.answered_at is not None and entry.reached is not None:
             exact = source == "recorded"
             latency = entry.answered_at - entry.at
             if not exact and entry.warm != warm:
                 latency = self._latency(peer, command.endpoint, warm, latency)
-            if now + latency <= command.deadline:
-                handshake = HandshakeObserved(at=now + latency, peer=peer, endpoint=entry.reached)
-                self._push(now + latency, entry.seq if exact else None, "event", handshake)
+            at = now + latency
+            # shifted in time, the answer needs the endpoint it came from to work then
+            if at <= command.deadline and (exact or self._works(peer, entry.reached, at, True, count=False)):
+                handshake = HandshakeObserved(at=at, peer=peer, endpoint=entry.reached)
+                self._push(at, entry.seq if exact else None, "event", handshake)
                 return
         if self._timeouts:
             key = (peer, command.endpoint, command.attempt)
@@ -202,19 +202,46 @@ class TraceWorld:
             self._push(command.deadline, anchor, "event", timed_out)
 
     def _nearest_attempt(
-        self, peer: str, endpoint: str, now: int, deadline: int
+        self, peer: str, endpoint: str, now: int, deadline: int, warm: bool
     ) -> tuple[Attempt | None, str]:
+        """The recorded attempt to answer from.
+
+        The same attempt if it was made; else, in the peer's epoch, the nearer in time of the
+        nearest answered attempt (tried the same way if there is one: with or without a session
+        up) and the nearest unanswered attempt tried the same way that waited at least as long
+        (a shorter wait says nothing of a longer one; a probe over a session is one packet);
+        else the nearest attempt in another epoch (extrapolated).
+        """
         entries = self.trace.attempts.get((peer, endpoint), [])
         if not entries:
             return None, "extrapolated"
         times = [entry.at for entry in entries]
         index = bisect.bisect_left(times, now)
-        if index < len(entries) and entries[index].at == now and entries[index].deadline == deadline:
-            return entries[index], "recorded"
+        while index < len(entries) and entries[index].at == now:
+            if entries[index].deadline == deadline:
+                return entries[index], "recorded"
+            index += 1
+
+        def distance(entry: Attempt) -> tuple[int, bool]:
+            return abs(entry.at - now), entry.at > now
+
         epoch = self.trace.epoch(peer, now)
         same = [entry for entry in entries if self.trace.epoch(peer, entry.at) == epoch]
-        pool, source = (same, "nearby") if same else (entries, "extrapolated")
-        return min(pool, key=lambda entry: (abs(entry.at - now), entry.at > now)), source
+        if not same:
+            return min(entries, key=distance), "extrapolated"
+        answered = [entry for entry in same if entry.answered_at is not None]
+        alike = [entry for entry in answered if entry.warm == warm] or answered
+        silent = [
+            entry
+            for entry in same
+            if entry.answered_at is None
+            and entry.warm == warm
+            and entry.deadline - entry.at >= deadline - now
+        ]
+        found = [min(group, key=distance) for group in (alike, silent) if group]
+        if not found:
+            return min(same, key=distance), "nearby"
+        return min(found, key=lambda entry: (distance(entry), entry.answered_at is None)), "nearby"
 
     def _latency(self, peer: str, endpoint: str, warm: bool, fallback: int) -> int:
         """A recorded answer time of the endpoint tried with (warm) or without a session up."""
@@ -359,28 +386,31 @@ class TraceWorld:
             # the recorded renewal keeps its recorded place among the events of that ms
             self._push(at, seq, "event", event)
 
-    def _works(self, peer: str, key: str, at: int, default: bool = False) -> bool:
+    def _works(self, peer: str, key: str, at: int, default: bool = False, *, count: bool = True) -> bool:
         """Whether the peer's path `key` (an endpoint, or "relay:<id>") works at `at`, by the evidence."""
+        works, source = self._fact(peer, key, at, default)
+        if count:
+            self._count("path", source, peer)
+        return works
+
+    def _fact(self, peer: str, key: str, at: int, default: bool) -> tuple[bool, str]:
+        """The fact at `at` itself, else the latest before it in the epoch, else the next in the
+        epoch, else the nearest in another epoch, else `default` (the last two extrapolated)."""
         facts: list[Fact] = self.trace.facts.get((peer, key), [])
         if not facts:
-            self._count("path", "extrapolated", peer)
-            return default
+            return default, "extrapolated"
         times = [fact.at for fact in facts]
         index = bisect.bisect_right(times, at)
         if index and facts[index - 1].at == at:
-            self._count("path", "recorded", peer)
-            return facts[index - 1].works
+            return facts[index - 1].works, "recorded"
         epoch = self.trace.epoch(peer, at)
         before = facts[index - 1] if index else None
         if before is not None and self.trace.epoch(peer, before.at) == epoch:
-            self._count("path", "nearby", peer)
-            return before.works
+            return before.works, "nearby"
         after = facts[index] if index < len(facts) else None
         if after is not None and self.trace.epoch(peer, after.at) == epoch:
-            self._count("path", "nearby", peer)
-            return after.works
-        self._count("path", "extrapolated", peer)
-        return (before or after).works  # type: ignore[union-attr]
+            return after.works, "nearby"
+        return (before or after).works, "extrapolated"  # type: ignore[union-attr]
 
 
 def _took(connect: Connect) -> int:
