@@ -70,6 +70,10 @@ class WhatIf:
     extrapolated_by_peer: dict[str, int]
     policy_changes_ignored: int
     fidelity: Fidelity | None
+    #: The time of the log's first event (t=0 in the report).
+    origin: int
+    #: Peers the log shows losing handshakes (their alternative figures depend on chance).
+    lossy: frozenset[str]
     #: The alternative's run (its events), for callers that want more.
     run: Run = attrs.field(repr=False, eq=False)
 
@@ -98,6 +102,8 @@ def what_if(trace: Trace, policy: Policy, *, fidelity: bool = True) -> WhatIf:
         extrapolated_by_peer=dict(alternative.world.extrapolated_by_peer),
         policy_changes_ignored=alternative.world.policy_changes_ignored,
         fidelity=faithful,
+        origin=trace.recorded[0][1].at,
+        lossy=trace.lossy,
         run=alternative,
     )
 
@@ -212,6 +218,7 @@ def report_json(result: WhatIf) -> dict[str, Any]:
                 "recorded": _peer_json(p),
                 "alternative": _peer_json(alternative[p.peer]) if p.peer in alternative else None,
                 "extrapolated_answers": result.extrapolated_by_peer.get(p.peer, 0),
+                "lost_handshakes": p.peer in result.lossy,
             }
             for p in result.recorded.peers
         ],
@@ -232,11 +239,12 @@ def report_json(result: WhatIf) -> dict[str, Any]:
         "extrapolated_answers": result.extrapolated,
         "models": {"untried_endpoint": MODEL_UNTRIED_ENDPOINT, "unused_relay": MODEL_UNUSED_RELAY},
         "policy_changes_ignored": result.policy_changes_ignored,
+        "lossy_peers": sorted(result.lossy),
         "fidelity": None if result.fidelity is None else attrs.asdict(result.fidelity),
     }
 
 
-def _describe(event: Event | None, cause: Event | None, seq: int | None, label: str) -> str:
+def _describe(event: Event | None, cause: Event | None, seq: int | None, label: str, origin: int) -> str:
     if event is None:
         return f"{label}: no further decision"
     payload = to_payload(event)
@@ -246,9 +254,9 @@ def _describe(event: Event | None, cause: Event | None, seq: int | None, label: 
     fields = ", ".join(f"{k}={v}" for k, v in payload.items() if v not in (None, ()))
     where = f"seq {seq}" if label == "recorded" else f"#{seq}"
     who = f" peer {short(peer)}" if peer else ""
-    because = f" after {cause.TYPE} at t={cause.at / 1000:.3f} s" if cause is not None else ""
+    because = f" after {cause.TYPE} at t={(cause.at - origin) / 1000:.3f} s" if cause is not None else ""
     return (
-        f"{label} ({where}, t={event.at / 1000:.3f} s){who}: {event.TYPE} {fields}\n"
+        f"{label} ({where}, t={(event.at - origin) / 1000:.3f} s){who}: {event.TYPE} {fields}\n"
         f"    why: {reason}{because}"
     )
 
@@ -271,11 +279,10 @@ def render(result: WhatIf, console: Console, *, peers: int = 20) -> None:
         console.print("the alternative takes every decision the recorded run took: no divergence")
     else:
         console.print("first divergence:")
+        d, origin = divergence, result.origin
         for text in (
-            _describe(divergence.recorded, divergence.recorded_cause, divergence.recorded_seq, "recorded"),
-            _describe(
-                divergence.alternative, divergence.alternative_cause, divergence.alternative_seq, "what if"
-            ),
+            _describe(d.recorded, d.recorded_cause, d.recorded_seq, "recorded", origin),
+            _describe(d.alternative, d.alternative_cause, d.alternative_seq, "what if", origin),
         ):
             for line in text.split("\n"):
                 console.print(escape(printable(line)), soft_wrap=True)
@@ -290,6 +297,11 @@ def render(result: WhatIf, console: Console, *, peers: int = 20) -> None:
             f"{len(result.extrapolated_by_peer)} peers (the log never answered those questions); models:\n"
             f"  endpoints: {MODEL_UNTRIED_ENDPOINT}\n  relays: {MODEL_UNUSED_RELAY}",
             soft_wrap=True,
+        )
+    if result.lossy:
+        console.print(
+            f"{len(result.lossy)} peers lost handshakes in the recorded run: which ones another policy "
+            "would lose is chance, so their what-if figures are one possible outcome"
         )
     if result.policy_changes_ignored:
         console.print(f"{result.policy_changes_ignored} later policy changes of the log were ignored")

@@ -236,9 +236,9 @@ class _Builder:
             self.expected_decisions = []
         if isinstance(event, PolicySet):
             self.policies.append(event)
-            if self.first_policy:
-                self.engine = Engine(event.policy)
-                self.first_policy = False
+            if self.first_policy and len(self.recorded) == 1:
+                self.engine = Engine(event.policy)  # as the node began (what `verify` does)
+            self.first_policy = False
         if not isinstance(event, _ANSWERS):
             self.exogenous.append((seq, event))
             self._exogenous(event)

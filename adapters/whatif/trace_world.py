@@ -353,6 +353,12 @@ class TraceWorld:
             )
 
     def _on_unsolicited(self, at: int, event: HandshakeObserved) -> None:
+        """A handshake nobody asked for: through a relay, if that session is open here too; direct
+        (the peer roamed, or renewed off the 120 s beat, as a real agent sees it), on a direct path."""
+        if event.relay is not None:
+            if (event.peer, event.relay) in self._sessions:
+                self._out.append(event)
+            return
         current = self._plane.get(event.peer)
         if current is not None and current[0][0] == "direct":
             self._out.append(event)
