@@ -90,7 +90,8 @@ def _value(text: str, kind: type, key: str) -> Any:
         if kind is float:
             return float(text)
     except ValueError:
-        raise SweepError(f"--sweep {key}: {text!r} is not a {kind.__name__}") from None
+        expected = {int: "an integer", float: "a number", bool: "true or false"}[kind]
+        raise SweepError(f"--sweep {key}: {text!r} is not {expected}") from None
     return text
 
 

@@ -75,12 +75,12 @@ def register(app: typer.Typer) -> None:
             return
         from natrelay.tools.whatif_sweep import SweepError, parse_grid, render_sweep, run_sweep, sweep_json
 
+        console = Console(stderr=True)
         try:
             grid = parse_grid(sweep or [])
+            result = run_sweep(trace, grid, base=base_policy, out_dir=out_dir, console=console, quiet=as_json)
         except SweepError as exc:
             raise CliError(str(exc)) from None
-        console = Console(stderr=True)
-        result = run_sweep(trace, grid, base=base_policy, out_dir=out_dir, console=console, quiet=as_json)
         if as_json:
             sys.stdout.write(json.dumps(sweep_json(result), indent=2) + "\n")
             return
