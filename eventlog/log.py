@@ -226,6 +226,11 @@ class EventLog:
         found = self._with_cursor(lambda cursor: self._backend.versions(cursor, wanted))
         return {stream: found.get(stream, 0) for stream in wanted}
 
+    def next_stream(self, after: str, *, inclusive: bool = False) -> str | None:
+        """The first stream name after `after` in byte (code point) order, or None: one index seek."""
+        self._check_open()
+        return self._with_cursor(lambda cursor: self._backend.next_stream(cursor, after, inclusive))
+
     def load_snapshot(self, name: str, at_or_before_seq: int | None = None) -> Snapshot | None:
         """The newest snapshot `name` at or before the given seq, or None."""
         self._check_open()
@@ -246,13 +251,16 @@ class EventLog:
         to_seq: int | None = None,
         streams: Collection[str] | None = None,
         stream_prefixes: Collection[str] | None = None,
+        types: Collection[str] | None = None,
     ) -> Iterator[Row]:
-        """Raw rows (the `events` columns in order), page by page by seq."""
+        """Raw rows (the `events` columns in order), page by page by seq; with `types`, only
+        events of those types."""
         self._check_open()
         sql, params = self._backend.page_query(
             to_seq,
             None if streams is None else list(streams),
             None if stream_prefixes is None else list(stream_prefixes),
+            None if types is None else list(types),
         )
         after = from_seq - 1
         fetch_page = self._backend.fetch_page
@@ -271,13 +279,14 @@ class EventLog:
         to_seq: int | None = None,
         streams: Collection[str] | None = None,
         stream_prefixes: Collection[str] | None = None,
+        types: Collection[str] | None = None,
     ) -> Iterator[StoredEvent]:
         """Stored events with from_seq <= seq <= to_seq, in seq order, not yet decoded.
 
         With `streams` and/or `stream_prefixes`, only events of those streams
         (or of streams starting with a prefix). Memory stays constant.
         """
-        for row in self.rows(from_seq, to_seq, streams, stream_prefixes):
+        for row in self.rows(from_seq, to_seq, streams, stream_prefixes, types):
             yield StoredEvent(*row)
 
     def read_events(
@@ -286,6 +295,7 @@ class EventLog:
         to_seq: int | None = None,
         streams: Collection[str] | None = None,
         stream_prefixes: Collection[str] | None = None,
+        types: Collection[str] | None = None,
     ) -> Iterator[tuple[int, str, Event]]:
         """(seq, stream, event) decoded: the fast path for replay.
 
@@ -293,7 +303,7 @@ class EventLog:
         `records.decode_trusted`); `StoredEvent.decode` and `replay --check` validate.
         """
         for seq, stream, _v, type_name, schema_version, _at, _rec, payload in self.rows(
-            from_seq, to_seq, streams, stream_prefixes
+            from_seq, to_seq, streams, stream_prefixes, types
         ):
             yield seq, stream, decode_trusted(type_name, schema_version, payload, seq)
 
