@@ -26,7 +26,18 @@ pytestmark = pytest.mark.e2e
 
 def _whatif(log: Path, node: str, policy: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "natrelay.tools.cli", "whatif", str(log), "--node", node, "--policy", policy, "--json"],
+        [
+            sys.executable,
+            "-m",
+            "natrelay.tools.cli",
+            "whatif",
+            str(log),
+            "--node",
+            node,
+            "--policy",
+            policy,
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
