@@ -175,9 +175,6 @@ class Trace:
     def epoch(self, peer: str, at: int) -> int:
         return bisect.bisect_right(self.epochs.get(peer, ()), at)
 
-    def peers(self) -> list[str]:
-        return sorted({key for key, _ in self.attempts} | set(self.epochs))
-
 
 def read_trace(log: EventLog, node: str, *, to_seq: int | None = None) -> Trace:
     """The trace of `node`'s view of `log` (up to `to_seq`)."""

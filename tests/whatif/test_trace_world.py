@@ -11,6 +11,7 @@ from natrelay.adapters.whatif.trace import Trace, build_trace
 from natrelay.adapters.whatif.trace_world import RELAY_FAIL_MS, TraceWorld
 from natrelay.core.commands import ConnectViaRelay, TryDirectEndpoint
 from natrelay.core.events import (
+    DirectAttemptTimedOut,
     Event,
     HandshakeObserved,
     PeerAdded,
@@ -89,3 +90,22 @@ def test_a_lost_probe_over_a_session_says_nothing_of_a_handshake_without_one() -
     world = TraceWorld(recorded)
     world.execute(TryDirectEndpoint(peer=PEER, endpoint=ENDPOINT, attempt=5, deadline=10_000), 5_000)
     assert answers(world, 10_000) == [HandshakeObserved(at=5_060, peer=PEER, endpoint=ENDPOINT)]
+
+
+def test_a_log_that_reports_timeouts_gets_them_from_the_world_too() -> None:
+    recorded = trace(
+        PeerAdded(at=0, peer=PEER, candidates=(ENDPOINT,)),
+        DirectAttemptTimedOut(at=1_000, peer=PEER, endpoint=ENDPOINT, attempt=1),
+        Tick(at=2_000),
+    )
+    assert recorded.reports_timeouts
+    world = TraceWorld(recorded)
+    world.poll(2_000)
+    world.execute(TryDirectEndpoint(peer=PEER, endpoint=ENDPOINT, attempt=4, deadline=6_000), 5_000)
+    assert list(world.poll(6_000)) == [
+        DirectAttemptTimedOut(at=6_000, peer=PEER, endpoint=ENDPOINT, attempt=4)
+    ]
+    silent = TraceWorld(trace(PeerAdded(at=0, peer=PEER, candidates=(ENDPOINT,)), Tick(at=2_000)))
+    silent.poll(2_000)
+    silent.execute(TryDirectEndpoint(peer=PEER, endpoint=ENDPOINT, attempt=4, deadline=6_000), 5_000)
+    assert list(silent.poll(6_000)) == []  # a log without them (the simulator's, the agent's): none
