@@ -251,6 +251,13 @@ def write_sweep_plot(points: list[Point], recorded: Point, best: Point, path: Pa
         s=36,
         zorder=2,
     )
+    stacked: dict[tuple[float, float], int] = {}
+    for point in finite:
+        spot = (round(point.first_path_p99_s, 3), round(point.relayed_while_direct_s, 1))
+        stacked[spot] = stacked.get(spot, 0) + 1
+    for (x, y), count in stacked.items():
+        if count > 1:  # policies with the same two figures hide each other: say how many
+            ax.annotate(f"x{count}", (x, y), xytext=(6, -12), textcoords="offset points", fontsize=8)
     front = sorted((p for p in finite if p.pareto), key=lambda p: p.first_path_p99_s)
     ax.scatter(
         [p.first_path_p99_s for p in front],
