@@ -23,6 +23,7 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
 
     [policy]                         # any natrelay.core.policy.Policy field
     min_direct_attempts = 2
+    # or, instead of [policy]: policy_file = "suggested-policy.toml" (natrelay whatif --sweep)
 
     [[peers]]
     name = "b"
@@ -47,6 +48,7 @@ from typing import Any
 import attrs
 
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnServer
+from natrelay.adapters.policy_file import PolicyFileError, load_policy
 from natrelay.core import values as v
 from natrelay.core.policy import Policy
 
@@ -146,6 +148,7 @@ _TOP_KEYS = {
     "candidates",
     "credentials",
     "policy",
+    "policy_file",
     "peers",
     "relays",
 }
@@ -315,6 +318,8 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         policy = Policy.from_dict(policy_table)
     except (v.InvalidValue, TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: policy: {exc}") from None
+    if "policy_file" in data:
+        policy = _policy_file(data, source)
     keepalive = data.get("persistent_keepalive", 1)
     if type(keepalive) is not int or not 1 <= keepalive <= 65535:
         raise _fail(f"{source}: persistent_keepalive", "an integer of seconds in 1-65535", keepalive)
@@ -348,6 +353,23 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         advertise_reflexive=advertise,
         extra_candidates=_endpoints(data.get("candidates", []), f"{source}: candidates"),
     )
+
+
+def _policy_file(data: dict[str, Any], source: str) -> Policy:
+    """The policy of `policy_file` (a path relative to the config's folder), e.g. the one
+    `natrelay whatif --sweep` suggests; a config has it or a [policy] table, not both."""
+    name = data["policy_file"]
+    if not isinstance(name, str) or not name:
+        raise _fail(f"{source}: policy_file", "a path to a TOML policy file", name)
+    if "policy" in data:
+        raise ConfigError(f"{source}: policy_file: give it or a [policy] table, not both")
+    path = Path(name)
+    if not path.is_absolute():
+        path = Path(source).parent / path
+    try:
+        return load_policy(str(path))
+    except PolicyFileError as exc:
+        raise ConfigError(f"{source}: policy_file: {exc}") from None
 
 
 def load_config(path: str | Path) -> AgentConfig:

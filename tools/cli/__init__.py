@@ -29,6 +29,7 @@ from natrelay.tools.cli import (
     cmd_simulate,
     cmd_status,
     cmd_timeline,
+    cmd_whatif,
 )
 from natrelay.tools.cli.common import CliError, app, printable
 from natrelay.tools.inspect_log import LookupError_
@@ -40,6 +41,7 @@ VERBS = (
     cmd_explain,
     cmd_timeline,
     cmd_replay,
+    cmd_whatif,
     cmd_fleet,
     cmd_fuzz,
     cmd_diagram,
