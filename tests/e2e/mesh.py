@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from natrelay.adapters.mesh.agent_config import DEFAULT_DATA_PLANE
 from natrelay.tools.topology import Topology, run
 
 #: A policy fast enough for tests: short timeouts, quick rounds and upgrade probes.
@@ -65,7 +66,8 @@ class Mesh:
 
     @property
     def proxy_mode(self) -> bool:
-        return self.settings.get("data_plane", "proxy") == "proxy"
+        """The agent logs its data path and WireGuard's session survives switches (proxy, shared)."""
+        return self.settings.get("data_plane", DEFAULT_DATA_PLANE) != "endpoint"
 
     @property
     def log_path(self) -> Path:
