@@ -10,10 +10,12 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
     advertise_reflexive = true       # publish <public ip>:<listen port> via the rendezvous
     advertise_host = true            # publish every interface address with the listen port
     port_mapping = true              # ask the router for a mapping (UPnP IGD, NAT-PMP/PCP)
-    data_plane = "proxy"             # proxy: the agent owns the public port (docs/real-mesh.md)
-                                     # shared: WireGuard owns it; probes share it (raw sockets)
+    data_plane = "shared"            # shared: WireGuard owns the public port; probes share it
+                                     #   through raw sockets (docs/real-mesh.md, the default)
+                                     # proxy: the agent owns the public port, WireGuard moves
+                                     #   to a free loopback one; every packet crosses the agent
                                      # endpoint: WireGuard owns it; probes move its endpoint
-    listen_port = 51820              # the public UDP port (proxy); WireGuard moves to a free one
+    listen_port = 51820              # the public UDP port (WireGuard's in shared mode)
     probe_secret_env = "NATRELAY_PROBE_SECRET"   # the per-mesh secret that keys the probes
     # probe_secret_file = "/etc/natrelay/mesh.secret"
 
@@ -53,7 +55,7 @@ from natrelay.core.policy import Policy
 
 #: The data planes an agent can run (docs/real-mesh.md, "Hitless data plane").
 DATA_PLANES = ("proxy", "shared", "endpoint")
-DEFAULT_DATA_PLANE = "proxy"
+DEFAULT_DATA_PLANE = "shared"
 
 
 class ConfigError(ValueError):

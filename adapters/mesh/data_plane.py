@@ -241,6 +241,12 @@ def rewarm(agent: Agent, peer: str, relay: str) -> bool:
         return False
     agent._sessions[(peer, relay)] = session
     log.info("relay session %s of %s reused warm", session.session_id, peer[:8])
+    remote = agent._remote.get(peer)
+    if remote is not None and remote[1] != session.remote:
+        # The peer opened a new session while ours was warm (warm sessions are not rebound
+        # when the rendezvous changes): without this our relay keeps sending to its old one.
+        log.info("warm session %s of %s rebound to %s", session.session_id, peer[:8], remote[1])
+        agent._spawn(agent._rebind(session, remote[1]))
     agent._pending.append(
         RelaySessionEstablished(at=agent.now(), peer=peer, relay=relay, session=session.session_id)
     )
