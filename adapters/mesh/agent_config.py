@@ -10,9 +10,12 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
     advertise_reflexive = true       # publish <public ip>:<listen port> via the rendezvous
     advertise_host = true            # publish every interface address with the listen port
     port_mapping = true              # ask the router for a mapping (UPnP IGD, NAT-PMP/PCP)
-    data_plane = "proxy"             # proxy: the agent owns the public port (docs/real-mesh.md)
+    data_plane = "shared"            # shared: WireGuard owns the public port; probes share it
+                                     #   through raw sockets (docs/real-mesh.md, the default)
+                                     # proxy: the agent owns the public port, WireGuard moves
+                                     #   to a free loopback one; every packet crosses the agent
                                      # endpoint: WireGuard owns it; probes move its endpoint
-    listen_port = 51820              # the public UDP port (proxy); WireGuard moves to a free one
+    listen_port = 51820              # the public UDP port (WireGuard's in shared mode)
     probe_secret_env = "NATRELAY_PROBE_SECRET"   # the per-mesh secret that keys the probes
     # probe_secret_file = "/etc/natrelay/mesh.secret"
 
@@ -51,6 +54,10 @@ from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnSe
 from natrelay.adapters.policy_file import PolicyFileError, load_policy
 from natrelay.core import values as v
 from natrelay.core.policy import Policy
+
+#: The data planes an agent can run (docs/real-mesh.md, "Hitless data plane").
+DATA_PLANES = ("proxy", "shared", "endpoint")
+DEFAULT_DATA_PLANE = "shared"
 
 
 class ConfigError(ValueError):
@@ -102,7 +109,7 @@ class AgentConfig:
     extra_candidates: tuple[str, ...] = ()
     advertise_host: bool = True
     port_mapping: bool = True
-    data_plane: str = "proxy"
+    data_plane: str = DEFAULT_DATA_PLANE
     listen_port: int = 51820
     probe_secret_env: str | None = "NATRELAY_PROBE_SECRET"
     probe_secret_file: str | None = None
@@ -332,9 +339,9 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         if not isinstance(flag, bool):
             raise _fail(f"{source}: {key}", "true or false", flag)
         flags[key] = flag
-    data_plane = data.get("data_plane", "proxy")
-    if data_plane not in ("proxy", "endpoint"):
-        raise _fail(f"{source}: data_plane", "proxy or endpoint", data_plane)
+    data_plane = data.get("data_plane", DEFAULT_DATA_PLANE)
+    if data_plane not in DATA_PLANES:
+        raise _fail(f"{source}: data_plane", " or ".join(DATA_PLANES), data_plane)
     listen_port = data.get("listen_port", 51820)
     if type(listen_port) is not int or not 1 <= listen_port <= 65535:
         raise _fail(f"{source}: listen_port", "a UDP port in 1-65535", listen_port)
