@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from natrelay.adapters.sim.simulated_network import Account
+from natrelay.adapters.sim.sim_model import Account
 
 INF = math.inf
 

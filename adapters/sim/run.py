@@ -18,7 +18,8 @@ import attrs
 from natrelay.adapters.node import Node
 from natrelay.adapters.sim.metrics import RunMetrics, compute
 from natrelay.adapters.sim.scenario import Scenario
-from natrelay.adapters.sim.simulated_network import Account, SimNetwork
+from natrelay.adapters.sim.sim_model import Account
+from natrelay.adapters.sim.simulated_network import SimNetwork
 from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
 
