@@ -10,10 +10,16 @@ outages, health reports. `NetworkHandlers` is a part of `SimNetwork`
 from __future__ import annotations
 
 from natrelay.adapters.sim.nat_model import NAT_TYPES, roaming_survives
-from natrelay.adapters.sim.sim_model import HEALTH_EVERY_MS, REKEY_AFTER_MS, RELAY_DOWN_DETECTION_MS
+from natrelay.adapters.sim.sim_model import (
+    HEALTH_EVERY_MS,
+    PATH_SILENT_MS,
+    REKEY_AFTER_MS,
+    RELAY_DOWN_DETECTION_MS,
+)
 from natrelay.core.events import (
     CandidatesUpdated,
     HandshakeObserved,
+    PathSilent,
     PeerAdded,
     PeerRemoved,
     RelayAnnounced,
@@ -50,9 +56,11 @@ class NetworkHandlers:
         if not peer.present:
             return
         peer.present = False
+        peer.account.recovering = False  # a peer that left has nothing to recover
         self._update(peer, at)
         self._emit(PeerRemoved(at=at, peer=peer.key))
         if self.oracle:
+            self._oracle_release(peer, at)
             self._set_plane(peer, None, at)
 
     def _on_rebind(self, at: int, payload: tuple[str, str | None]) -> None:
@@ -61,7 +69,7 @@ class NetworkHandlers:
         old = peer.reflexive
         peer.port = 20000 + (peer.port - 20000 + 4999) % 40000
         peer.dedicated_port = peer.port + 1
-        self._update(peer, at)
+        self.network_changed(peer, at)
         self._later(at + self.scenario.dynamics.candidate_report_delay_ms, "report", peer.key)
         if peer.plane == ("direct", old) and not peer.lan and roaming_survives(self.local):
             # the peer's keepalives now come from the new port; WireGuard roams to it
@@ -87,7 +95,7 @@ class NetworkHandlers:
             peer.public_ip = self._new_ip()
             peer.port = 20000 + (peer.port - 20000 + 7001) % 40000
             peer.dedicated_port = peer.port + 1
-        self._update(peer, at)
+        self.network_changed(peer, at)
         self._later(at + self.scenario.dynamics.candidate_report_delay_ms, "report", peer.key)
         if (
             peer.plane is not None
@@ -143,6 +151,14 @@ class NetworkHandlers:
         if not relay.up:
             self._emit(RelaySessionFailed(at=at, peer=key, relay=relay_id, reason="relay went down"))
             return
+        peer = self.peers[key]
+        if not (peer.present and peer.awake):
+            return  # the peer went away while the session was set up: its handshake never comes
+        if len(relay.sessions) >= relay.capacity:
+            # the relay counts its sessions when one opens, not when the connect was issued
+            self.over_capacity += 1
+            self._emit(RelaySessionFailed(at=at, peer=key, relay=relay_id, reason="at capacity"))
+            return
         relay.sessions[key] = session
         self.load_changes.append((at, 1))
         self._emit(RelaySessionEstablished(at=at, peer=key, relay=relay_id, session=session))
@@ -157,13 +173,18 @@ class NetworkHandlers:
         if not relay.up:
             return
         relay.up = False
+        hit = [key for key, peer in self.peers.items() if peer.plane == ("relay", relay_id)]
         for key in sorted(relay.sessions):
             session = relay.sessions.pop(key)
+            self.peers[key].silence_gen += 1  # the agent hears of it from TURN, not from silence
             self.load_changes.append((at, -1))
             self._emit(
                 RelaySessionClosed(at=at, peer=key, relay=relay_id, session=session, reason="relay down")
             )
+        relay.reserved.clear()
         self._later(at + RELAY_DOWN_DETECTION_MS, "relay_withdraw", relay_id)
+        for key in hit:
+            self.network_changed(self.peers[key], at)
         self._refresh_all(at)
 
     def _on_relay_withdraw(self, at: int, relay_id: str) -> None:
@@ -186,6 +207,28 @@ class NetworkHandlers:
             RelayHealthMeasured(at=at, relay=relay_id, rtt_ms=2 * relay.rtt_ms, load=load, loss=relay.loss)
         )
         self._later(at + HEALTH_EVERY_MS, "health", relay_id)
+
+    def _on_silent(self, at: int, payload: tuple[str, int, int]) -> None:
+        """The agent's receive counter stood still for PATH_SILENT_MS: it reports PathSilent."""
+        key, token, gen = payload
+        peer = self.peers[key]
+        if peer.plane_token != token or peer.silence_gen != gen or not peer.present:
+            return
+        if peer.plane is None or self._plane_works(peer):
+            return
+        self._emit(PathSilent(at=at, peer=key, silent_ms=PATH_SILENT_MS))
+
+    def _on_probe_over(self, at: int, payload: tuple[str, int]) -> None:
+        """A blacking-out probe timed out: the agent points WireGuard back at the live path."""
+        key, token = payload
+        peer = self.peers[key]
+        if peer.plane_token != token or peer.probe_saved is None:
+            return
+        saved, peer.probe_saved = peer.probe_saved, None
+        peer.plane = saved
+        peer.plane_token += 1
+        self._later(at + REKEY_AFTER_MS, "renew", (peer.key, peer.plane_token))
+        self._update(peer, at)
 
     def _refresh_all(self, at: int) -> None:
         for peer in self.peers.values():

@@ -33,6 +33,8 @@ from natrelay.adapters.sim.scenario import PeerSpec, Scenario
 from natrelay.adapters.sim.sim_handlers import NetworkHandlers
 from natrelay.adapters.sim.sim_model import (
     MAX_HANDSHAKE_TRIES,
+    PATH_SILENT_MS,
+    PROBE_COSTS,
     REKEY_AFTER_MS,
     REKEY_TIMEOUT_MS,
     RELAY_CONNECT_FAIL_MS,
@@ -66,11 +68,20 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
         vantage: int = 0,
         peer_indexes: Sequence[int] | None = None,
         oracle: bool = False,
+        oracle_bridge: bool = True,
+        probe_cost: str = "hitless",
     ) -> None:
+        if probe_cost not in PROBE_COSTS:
+            raise ValueError(f"probe cost {probe_cost!r}: expected one of {', '.join(PROBE_COSTS)}")
         self.scenario = scenario
         self.seed = seed
         self.vantage = vantage
         self.oracle = oracle
+        #: The oracle carries traffic over a relay while a slower direct handshake completes.
+        self.oracle_bridge = oracle_bridge
+        self.probe_cost = probe_cost
+        #: Connects that reached a relay with no room (refused "at capacity").
+        self.over_capacity = 0
         local_name = scenario.local_nats[vantage % len(scenario.local_nats)]
         base = NAT_TYPES[local_name]
         self.local_name = local_name
@@ -95,6 +106,8 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
         self._pending: dict[tuple[str, str], str] = {}
         self.peers: dict[str, SimPeer] = {}
         self._oracle_gen: dict[str, int] = {}
+        #: Peers the oracle could not give a relay slot yet, in arrival order.
+        self._oracle_waiting: dict[str, None] = {}
         self.by_name: dict[str, SimPeer] = {}
         self._build(peer_indexes)
         # what this node's agent measured of its own NAT (fleet statistics in the log)
@@ -209,8 +222,8 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
             return ()
         return (peer.reflexive,) if result.peer_endpoint == "reflexive" else (peer.dedicated,)
 
-    def best_relay(self) -> Relay | None:
-        up = [r for r in self.relays.values() if r.up and len(r.sessions) < r.capacity]
+    def best_relay(self, peer: str = "") -> Relay | None:
+        up = [r for r in self.relays.values() if r.up and r.has_room(peer)]
         return min(up, key=lambda r: (r.rtt_ms, r.id)) if up else None
 
     def _plane_works(self, peer: SimPeer) -> bool:
@@ -227,11 +240,26 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
         acc = peer.account
         acc.advance(now)
         live = peer.present and peer.awake
+        was_working = acc.working
         acc.present = peer.present
         acc.direct_possible = live and bool(self.working_endpoints(peer))
         acc.possible = acc.direct_possible or (live and any(r.up for r in self.relays.values()))
         acc.working = self._plane_works(peer)
+        acc.on_plane = peer.plane is not None
         acc.relayed = acc.working and peer.plane is not None and peer.plane[0] == "relay"
+        if acc.working:
+            plane = peer.plane
+            assert plane is not None
+            using = (*plane, self.relays[plane[1]].sessions[peer.key]) if plane[0] == "relay" else plane
+            if acc.last_working is not None and using != acc.last_working:
+                acc.switches += 1  # another path, or a new session after the old one died
+            acc.last_working = using
+            if acc.recovering:
+                acc.recoveries.append(acc.recovery_ms)
+                acc.recovering = False
+        elif was_working and peer.present and not self.oracle:
+            # the agent sees the receive counter stand still (keepalives stop arriving)
+            self._later(now + PATH_SILENT_MS, "silent", (peer.key, peer.plane_token, peer.silence_gen))
         if acc.working and acc.first_path_at is None:
             acc.first_path_at = now
         if acc.direct_possible and acc.first_direct_possible_at is None:
@@ -239,13 +267,19 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
         if acc.working and not acc.relayed and acc.first_direct_at is None:
             acc.first_direct_at = now
 
+    def network_changed(self, peer: SimPeer, now: int) -> None:
+        """A change of the network left the peer's path dead: a recovery starts (see Account)."""
+        self._update(peer, now)
+        acc = peer.account
+        live = peer.present and peer.awake
+        if live and not acc.working and acc.first_path_at is not None and not acc.recovering:
+            acc.recovering, acc.recovery_ms = True, 0
+
     def _set_plane(self, peer: SimPeer, plane: tuple[str, str] | None, now: int) -> None:
+        peer.probe_saved = None
         if plane == peer.plane:
+            self._update(peer, now)  # e.g. a new session on the same relay
             return
-        if plane is not None and peer.plane is not None:
-            peer.account.switches += 1
-        elif plane is not None and peer.account.first_path_at is not None:
-            peer.account.switches += 1  # back on a path after losing one
         peer.plane = plane
         peer.plane_token += 1
         if plane is not None:
@@ -263,7 +297,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
         elif type(command) is ConnectViaRelay:
             self._connect_relay(peer, command, now)
         elif type(command) is SwitchPath:
-            if command.endpoint is not None:
+            if command.endpoint is not None and command.relay is None:
                 self._set_plane(peer, ("direct", command.endpoint), now)
             elif command.relay is not None:
                 self._set_plane(peer, ("relay", command.relay), now)
@@ -299,6 +333,18 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
         return peer.reflexive if result.peer_endpoint == "reflexive" else peer.dedicated
 
     def _try_direct(self, peer: SimPeer, command: TryDirectEndpoint, now: int) -> None:
+        if (
+            self.probe_cost == "blackout"
+            and peer.plane is not None
+            and peer.plane != ("direct", command.endpoint)
+        ):
+            # today's agent: WireGuard is pointed at the candidate, the live path goes dark
+            saved = peer.probe_saved or peer.plane
+            peer.plane = ("direct", command.endpoint)
+            peer.plane_token += 1
+            peer.probe_saved = saved
+            self._update(peer, now)
+            self._later(command.deadline, "probe_over", (peer.key, peer.plane_token))
         reached = self._direct_result(peer, command.endpoint)
         if reached is None:
             return
@@ -321,7 +367,10 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
             if now + RELAY_CONNECT_FAIL_MS < command.deadline:
                 self._later(now + RELAY_CONNECT_FAIL_MS, "relay_failed", (peer.key, relay.id, "unreachable"))
             return
+        if not (peer.present and peer.awake):
+            return  # the first handshake through the relay finds nobody: no session, no answer
         if len(relay.sessions) >= relay.capacity:
+            self.over_capacity += 1
             self._later(now + relay.rtt_ms, "relay_failed", (peer.key, relay.id, "at capacity"))
             return
         draw = self._loss_rng[peer.key]
@@ -342,6 +391,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
         relay = self.relays.get(relay_id)
         if relay is not None and relay.sessions.pop(peer.key, None) is not None:
             self.load_changes.append((now, -1))
+            self._oracle_serve_waiting(now)
         if peer.plane == ("relay", relay_id):
             self._set_plane(peer, None, now)
         else:
@@ -370,6 +420,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
         """Close every account at `end` (call once, after the run)."""
         for peer in self.peers.values():
             self._update(peer, end)
+            peer.account.close()
 
     def _emit(self, event: Event) -> None:
         if not self.oracle:
@@ -392,4 +443,6 @@ _HANDLERS: dict[str, Any] = {
     "relay_up": SimNetwork._on_relay_up,
     "health": SimNetwork._on_health,
     "oracle_set": SimNetwork._on_oracle_set,
+    "silent": SimNetwork._on_silent,
+    "probe_over": SimNetwork._on_probe_over,
 }
