@@ -45,6 +45,7 @@ from .events import (
     DirectRoundFailed,
     Event,
     HandshakeObserved,
+    LocalAddressesChanged,
     NatObserved,
     ObservationRejected,
     PathLost,
@@ -109,6 +110,8 @@ class Engine:
         self._commands: list[Command] = []
         self._releasing: tuple[CloseRelaySession, ...] = ()
         self._plans: dict[type, Any] = {}
+        #: relay -> sessions this node holds or is connecting through it (issue 13: capacity).
+        self.relay_held: dict[str, int] = {}
         #: peer -> (candidates, cache entries, policy, valid until, endpoints): see endpoints_to_try.
         self._endpoints_memo: dict[str, tuple[Any, Any, Any, int, tuple[str, ...]]] = {}
 
@@ -123,8 +126,19 @@ class Engine:
         check, steps = plan
         if check is not None and check(self, event) is not None:
             return
+        peer = getattr(event, "peer", None)
+        record = self.peers.get(peer) if peer is not None else None
+        before = _holds(record)
         for step in steps:
             step(event)
+        if peer is not None:
+            after = _holds(self.peers.get(peer))
+            if after != before:
+                held = self.relay_held
+                for relay in before:
+                    held[relay] -= 1
+                for relay in after:
+                    held[relay] = held.get(relay, 0) + 1
 
     def _plan(self, kind: type) -> tuple[Callable[[Engine, Any], str | None] | None, tuple[Any, ...]]:
         """Which projections fold events of this type: computed once per type (replay is hot)."""
@@ -174,9 +188,20 @@ class Engine:
         if record.state in (lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
             if record.next_round_at is None or record.next_round_at > event.at:
                 record.next_round_at = event.at
-        elif record.state == lc.RELAY_CONNECTED:
+        elif record.state in lc.CONNECTED_STATES:
+            # probe the new candidates at once, beside the live path (issue 13)
             record.probes_done = 0
             record.next_probe_at = event.at
+
+    def _fold_local_addresses(self, event: LocalAddressesChanged) -> None:
+        """Our own addresses changed: every peer is probed again at once (issue 13)."""
+        for record in self.peers.values():
+            if record.state in (lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
+                if record.next_round_at is None or record.next_round_at > event.at:
+                    record.next_round_at = event.at
+            elif record.state in lc.CONNECTED_STATES:
+                record.probes_done = 0
+                record.next_probe_at = event.at
 
     def _fold_handshake(self, event: HandshakeObserved) -> None:
         record = self.peers[event.peer]
@@ -218,6 +243,8 @@ class Engine:
             failed = self.attempts.attempts(event.peer)
             jitter = unit_hash(event.peer, event.attempt)
             record.next_round_at = event.at + self.policy.round_gap_ms(failed - 1, jitter)
+        elif record.state == lc.DIRECT_CONNECTED:
+            record.next_probe_at = None  # the live path stays; nothing new answered
         else:
             record.probes_done += 1
             record.next_probe_at = event.at + self.policy.probe_gap_ms(record.probes_done)
@@ -535,6 +562,10 @@ class Engine:
         for record in sorted(due, key=_record_key):
             self._advance(record)
 
+    def _react_local_addresses(self, event: LocalAddressesChanged) -> None:
+        for key in sorted(self.peers):
+            self._advance(self.peers[key])
+
     def _react_policy(self, event: PolicySet) -> None:
         # Timers depend on the policy (freshness, relays and upgrades allowed): recompute
         # them as a rebuilt engine does, or the live one keeps waking at the old times.
@@ -674,7 +705,18 @@ class Engine:
                 return True
             return self._maybe_upgrade(record)
         if state == lc.DIRECT_CONNECTED:
-            return self._path_stale(record)
+            if self._path_stale(record):
+                return True
+            if (
+                round_ is None
+                and record.next_probe_at is not None
+                and record.next_probe_at <= now
+                and self.direct_allowed(record)
+                and self.endpoints_to_try(key)
+            ):
+                self._start_round(record, "upgrade_probe", "new addresses: probing beside the live path")
+                return True
+            return False
         return False
 
     def _step_pending(self, record: PeerRecord) -> bool:
@@ -752,14 +794,26 @@ class Engine:
             )
 
     def relay_ranking(self, record: PeerRecord) -> tuple[RelayScore, ...]:
-        """The relays this peer may use now, best first, excluding those that just failed it."""
-        return self.registry.rank(
+        """The relays this peer may use now, best first, excluding those that just failed it.
+
+        A relay is left out while it has no room by what this node knows: its announced
+        capacity minus the larger of the sessions this node holds or is connecting through
+        it and the load its last health report gave (issue 13).
+        """
+        ranked = self.registry.rank(
             self.policy,
             self.now,
             preferred_region=record.preferred_region,
             worked_before=self.relay_cache.worked_before(record.key),
             exclude=record.relays_failed,
         )
+        return tuple(score for score in ranked if self.relay_headroom(score.relay) > 0)
+
+    def relay_headroom(self, relay: str) -> int:
+        """Sessions the relay can still take by what this node knows (see relay_ranking)."""
+        info = self.registry.relays[relay]
+        reported = info.load * info.capacity // 100
+        return info.capacity - max(self.relay_held.get(relay, 0), reported)
 
     def _step_relay(self, record: PeerRecord) -> bool:
         key, now = record.key, self.now
@@ -782,7 +836,10 @@ class Engine:
             return False
         ranking = self.relay_ranking(record)
         if not ranking:
-            retry_at = now + self.policy.relay_retry_ms
+            # jittered like the direct rounds (backoff_jitter), so peers turned away together
+            # do not all come back at the same millisecond
+            spread = self.policy.relay_retry_ms * self.policy.backoff_jitter * (2 * unit_hash(key, now) - 1)
+            retry_at = now + max(1, int(self.policy.relay_retry_ms + spread))
             tried = f" (failed: {', '.join(record.relays_failed)})" if record.relays_failed else ""
             self._decide(
                 RelayUnavailable(at=now, peer=key, retry_at=retry_at, reason=f"no usable relay{tried}")
@@ -889,6 +946,13 @@ class Engine:
                 times.append(record.relay_retry_at)
         if state in lc.CONNECTED_STATES and record.last_handshake_at is not None:
             times.append(record.last_handshake_at + self.policy.handshake_freshness_ms)
+        if (
+            state == lc.DIRECT_CONNECTED
+            and record.next_probe_at is not None
+            and round_ is None
+            and self.direct_allowed(record)
+        ):
+            times.append(record.next_probe_at)
         if state == lc.RELAY_CONNECTED and self.upgrades_allowed(record):
             if record.next_probe_at is not None and round_ is None and self.endpoints_to_try(key):
                 times.append(record.next_probe_at)
@@ -985,6 +1049,9 @@ class Engine:
         engine.direct_cache = DirectCache.from_state(state["direct_cache"])
         engine.relay_cache = RelayCache.from_state(state["relay_cache"])
         engine.registry = RelayRegistry.from_state(state["registry"])
+        for record in engine.peers.values():
+            for relay in _holds(record):
+                engine.relay_held[relay] = engine.relay_held.get(relay, 0) + 1
         engine._plans = {}
         engine.reschedule_all()
         return engine
@@ -1009,6 +1076,18 @@ def _is_public(endpoint: str) -> bool:
     return not ipaddress.ip_address(host).is_private
 
 
+def _holds(record: PeerRecord | None) -> tuple[str, ...]:
+    """The relays a peer occupies a slot of: a connect in flight, the session it uses."""
+    if record is None:
+        return ()
+    held: tuple[str, ...] = ()
+    if record.relay_pending is not None:
+        held = (record.relay_pending,)
+    if record.state == lc.RELAY_CONNECTED and record.path is not None and record.path != record.relay_pending:
+        held += (record.path,)
+    return held
+
+
 def _record_key(record: PeerRecord) -> str:
     return record.key
 
@@ -1021,6 +1100,7 @@ _FOLDS: dict[type, Callable[[Engine, Any], None]] = {
     RelaySessionFailed: Engine._fold_session_failed,
     PolicySet: Engine._fold_policy,
     NatObserved: Engine._fold_nat,
+    LocalAddressesChanged: Engine._fold_local_addresses,
     DirectAttemptStarted: Engine._fold_attempt_started,
     DirectRoundFailed: Engine._fold_round_failed,
     RelayEligibilityReached: Engine._fold_eligible,
@@ -1062,4 +1142,5 @@ _REACTIONS: dict[type, Callable[[Engine, Any], None]] = {
     Tick: Engine._react_tick,
     StepRequested: Engine._react_step,
     PolicySet: Engine._react_policy,
+    LocalAddressesChanged: Engine._react_local_addresses,
 }
