@@ -112,6 +112,8 @@ class Engine:
         self._plans: dict[type, Any] = {}
         #: relay -> sessions this node holds or is connecting through it (issue 13: capacity).
         self.relay_held: dict[str, int] = {}
+        #: Relays that were full by this node's count and had a slot freed while handling.
+        self._freed: set[str] = set()
         #: peer -> (candidates, cache entries, policy, valid until, endpoints): see endpoints_to_try.
         self._endpoints_memo: dict[str, tuple[Any, Any, Any, int, tuple[str, ...]]] = {}
 
@@ -137,6 +139,12 @@ class Engine:
                 held = self.relay_held
                 for relay in before:
                     held[relay] -= 1
+                    if (
+                        relay not in after
+                        and relay in self.registry.relays
+                        and self.relay_headroom(relay) == 1
+                    ):
+                        self._freed.add(relay)
                 for relay in after:
                     held[relay] = held.get(relay, 0) + 1
 
@@ -390,6 +398,7 @@ class Engine:
         reason = self._rejection(observation)
         if reason is None and type(observation) is PeerRemoved:
             self._releasing = self._held_relays(self.peers[observation.peer])
+        self._freed = set()
         self.apply(observation)
         self._decisions, self._commands = [], []
         if reason is not None:
@@ -398,6 +407,8 @@ class Engine:
             react = _REACTIONS.get(type(observation))
             if react is not None:
                 react(self, observation)
+        if self._freed:
+            self._serve_waiting()
         reaction = Reaction(tuple(self._decisions), tuple(self._commands))
         self._decisions, self._commands = [], []
         return reaction
@@ -483,6 +494,28 @@ class Engine:
             if (
                 record.state == lc.RELAY_ELIGIBLE
                 and record.relay_pending is None
+                and self.relays_allowed(record)
+            ):
+                record.relay_retry_at = self.now
+                self._advance(record)
+
+    def _serve_waiting(self) -> None:
+        """A full relay has a slot again: peers waiting for a relay try now, in key order.
+
+        As for an announcement, each one woken decides at once (chosen or unavailable),
+        and that decision's fold sets relay_retry_at again, so a replay agrees. Stops
+        when the freed relays are full again.
+        """
+        freed, self._freed = self._freed, set()
+        for key in sorted(self.peers):
+            if not any(r in self.registry.relays and self.relay_headroom(r) > 0 for r in freed):
+                return
+            record = self.peers[key]
+            if (
+                record.state == lc.RELAY_ELIGIBLE
+                and record.relay_pending is None
+                and record.relay_retry_at is not None
+                and record.relay_retry_at > self.now
                 and self.relays_allowed(record)
             ):
                 record.relay_retry_at = self.now

@@ -10,6 +10,7 @@ from natrelay.core.events import (
     HandshakeObserved,
     LocalAddressesChanged,
     PeerAdded,
+    PeerRemoved,
     RelayAnnounced,
     RelaySessionEstablished,
 )
@@ -61,3 +62,15 @@ def test_no_more_peers_are_sent_to_a_relay_than_its_capacity() -> None:
     assert d.engine.relay_held == {"small": 2}
     rebuilt = Engine.from_state(d.engine.state())
     assert rebuilt.relay_held == {"small": 2}
+
+
+def test_a_peer_waiting_for_a_full_relay_takes_the_slot_the_moment_it_frees() -> None:
+    d = Driver(policy(min_direct_attempts=0))
+    d.feed(RelayAnnounced(at=0, relay="one", region="eu", capacity=1))
+    first, second = make_key(20), make_key(21)
+    d.feed(PeerAdded(at=0, peer=first, candidates=(A,)))
+    reaction = d.feed(PeerAdded(at=0, peer=second, candidates=(A,)))
+    assert "relay_unavailable" in [e.TYPE for e in reaction.decisions]
+    d.feed(RelaySessionEstablished(at=100, peer=first, relay="one", session="s1"))
+    reaction = d.feed(PeerRemoved(at=1_000, peer=first))
+    assert ConnectViaRelay(peer=second, relay="one", deadline=6_000) in reaction.commands
