@@ -174,9 +174,9 @@ class NetworkHandlers:
             return
         relay.up = False
         hit = [key for key, peer in self.peers.items() if peer.plane == ("relay", relay_id)]
-        for key in sorted(relay.sessions):
+        closed = sorted(relay.sessions)
+        for key in closed:
             session = relay.sessions.pop(key)
-            self.peers[key].silence_gen += 1  # the agent hears of it from TURN, not from silence
             self.load_changes.append((at, -1))
             self._emit(
                 RelaySessionClosed(at=at, peer=key, relay=relay_id, session=session, reason="relay down")
@@ -186,6 +186,8 @@ class NetworkHandlers:
         for key in hit:
             self.network_changed(self.peers[key], at)
         self._refresh_all(at)
+        for key in closed:
+            self.peers[key].silence_gen += 1  # the agent heard of it from TURN, not from silence
 
     def _on_relay_withdraw(self, at: int, relay_id: str) -> None:
         if not self.relays[relay_id].up:
