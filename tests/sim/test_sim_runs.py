@@ -23,6 +23,9 @@ from natrelay.adapters.sim.scenario import (
     builtin_scenarios,
     load_scenario,
 )
+from natrelay.adapters.sim.simulated_network import SimNetwork
+from natrelay.core.commands import ConnectViaRelay
+from natrelay.core.events import RelaySessionEstablished, RelaySessionFailed
 from natrelay.core.presets import PRESETS, preset
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import verify
@@ -188,3 +191,18 @@ def test_a_blackout_probe_darkens_the_live_path_and_the_hitless_one_does_not() -
     assert hitless.blackout_share == 0.0
     assert blackout.blackout_share > 0.001
     assert blackout.connected_time_share < hitless.connected_time_share
+
+
+def test_the_simulated_relay_refuses_sessions_past_its_capacity_when_they_open() -> None:
+    peers = [PeerSpec(name=f"p{i}", nat="udp_blocked", rtt_ms=50) for i in range(5)]
+    scenario = attrs.evolve(tiny(*peers, duration_s=60), relays=(RelaySpec("r1", rtt_ms=40, capacity=3),))
+    network = SimNetwork(scenario, seed=1)
+    network.poll(0)  # joins, the relay announced
+    for peer in network.peers.values():  # five connects issued while the relay is empty
+        network.execute(ConnectViaRelay(peer=peer.key, relay="r1", deadline=10_000), 0)
+    events = network.poll(5_000)
+    opened = [e for e in events if isinstance(e, RelaySessionEstablished)]
+    refused = [e for e in events if isinstance(e, RelaySessionFailed)]
+    assert len(opened) == 3 and len(network.relays["r1"].sessions) == 3
+    assert [e.reason for e in refused] == ["at capacity", "at capacity"]
+    assert network.over_capacity == 2
