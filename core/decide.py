@@ -31,6 +31,7 @@ from .events import (
     DirectPathSelected,
     Event,
     HandshakeObserved,
+    LocalAddressesChanged,
     ObservationRejected,
     PathLost,
     PathSilent,
@@ -67,6 +68,7 @@ def decide(engine: Engine, observation: Event) -> Reaction:
     releasing: tuple[Command, ...] = ()
     if reason is None and type(observation) is PeerRemoved:
         releasing = held_relays(engine.peers[observation.peer])
+    engine._freed = set()
     evolve(engine, observation)
     engine._decisions, engine._commands = [], list(releasing)
     if reason is not None:
@@ -75,6 +77,8 @@ def decide(engine: Engine, observation: Event) -> Reaction:
         react = REACTIONS.get(type(observation))
         if react is not None:
             react(engine, observation)
+    if engine._freed:
+        serve_waiting(engine)
     reaction = Reaction(tuple(engine._decisions), tuple(engine._commands))
     engine._decisions, engine._commands = [], []
     return reaction
@@ -171,6 +175,41 @@ def react_relay_announced(engine: Engine, event: RelayAnnounced) -> None:
                 advance(engine, record)
             finally:
                 retry_now.discard(key)
+
+
+def serve_waiting(engine: Engine) -> None:
+    """A relay full by this node's count has a slot again: waiting peers try now, in key order.
+
+    As for an announcement, each peer woken decides at once (chosen or unavailable),
+    and that decision's fold sets relay_retry_at, so a replay agrees. Stops when the
+    freed relays are full again (issue 13).
+    """
+    freed, engine._freed = engine._freed, set()
+    retry_now = engine._retry_relays_now
+    peers = engine.peers
+    for key in sorted(peers):
+        if not any(r in engine.registry.relays and engine.relay_headroom(r) > 0 for r in freed):
+            return
+        record = peers[key]
+        if (
+            record.state == lc.RELAY_ELIGIBLE
+            and record.relay_pending is None
+            and record.relay_retry_at is not None
+            and record.relay_retry_at > engine.now
+            and engine.relays_allowed(record)
+        ):
+            retry_now.add(key)
+            try:
+                advance(engine, record)
+            finally:
+                retry_now.discard(key)
+
+
+def react_local_addresses(engine: Engine, event: LocalAddressesChanged) -> None:
+    """Our addresses changed: every peer's probes were made due by the fold; take them."""
+    peers = engine.peers
+    for key in sorted(peers):
+        advance(engine, peers[key])
 
 
 def react_relay_withdrawn(engine: Engine, event: RelayWithdrawn) -> None:
@@ -289,4 +328,5 @@ REACTIONS: dict[type, Callable[[Engine, Any], None]] = {
     Tick: react_tick,
     StepRequested: react_step,
     PolicySet: react_policy,
+    LocalAddressesChanged: react_local_addresses,
 }

@@ -128,6 +128,9 @@ class Engine(State):
         engine.direct_cache = DirectCache.from_state(state["direct_cache"])
         engine.relay_cache = RelayCache.from_state(state["relay_cache"])
         engine.registry = RelayRegistry.from_state(state["registry"])
+        for record in engine.peers.values():
+            for relay in evolve.holds(record):
+                engine.relay_held[relay] = engine.relay_held.get(relay, 0) + 1
         engine._plans = {}
         engine.reschedule_all()
         return engine

@@ -268,6 +268,18 @@ class NatObserved(Event):
 
 
 @attrs.frozen(kw_only=True)
+class LocalAddressesChanged(Event):
+    """This node's own addresses changed (a new network, a new reflexive endpoint, a new LAN).
+
+    Every path may have changed with them: the engine probes every peer at once,
+    beside the paths in use (a connected peer keeps its path until a probe answers).
+    """
+
+    TYPE = "local_addresses_changed"
+    addresses: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=v.candidates)
+
+
+@attrs.frozen(kw_only=True)
 class Tick(Event):
     """Time passed to `at`: serve every timer that is due."""
 
@@ -430,6 +442,7 @@ OBSERVATIONS: tuple[type[Event], ...] = (
     RelaySessionClosed,
     PolicySet,
     NatObserved,
+    LocalAddressesChanged,
     Tick,
     StepRequested,
     InputRejected,

@@ -29,6 +29,7 @@ from .events import (
     DirectRoundFailed,
     Event,
     HandshakeObserved,
+    LocalAddressesChanged,
     NatObserved,
     PathLost,
     PathUpgraded,
@@ -57,8 +58,41 @@ def evolve(state: State, event: Event) -> None:
     check, steps = state._plans.get(kind) or plan(state, kind)
     if check is not None and check(state, event) is not None:
         return
+    peer = getattr(event, "peer", None)
+    before = holds(state.peers.get(peer)) if peer is not None else ()
     for step in steps:
         step(event)
+    if peer is not None:
+        after = holds(state.peers.get(peer))
+        if after != before:
+            count_holds(state, before, after)
+
+
+def holds(record: PeerRecord | None) -> tuple[str, ...]:
+    """The relays a peer occupies a slot of: a connect in flight, the session it uses."""
+    if record is None:
+        return ()
+    held: tuple[str, ...] = ()
+    if record.relay_pending is not None:
+        held = (record.relay_pending,)
+    if record.state == lc.RELAY_CONNECTED and record.path is not None and record.path != record.relay_pending:
+        held += (record.path,)
+    return held
+
+
+def count_holds(state: State, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+    """Keep `state.relay_held` (this node's sessions and connects per relay) in step (issue 13).
+
+    A slot freed on a relay that was full by this count is noted in `state._freed`
+    (not state: `decide` offers it to the peers waiting for a relay).
+    """
+    held = state.relay_held
+    for relay in before:
+        held[relay] -= 1
+        if relay not in after and relay in state.registry.relays and state.relay_headroom(relay) == 1:
+            state._freed.add(relay)
+    for relay in after:
+        held[relay] = held.get(relay, 0) + 1
 
 
 def plan(state: State, kind: type) -> Plan:
@@ -114,9 +148,21 @@ def fold_candidates(state: State, event: CandidatesUpdated) -> None:
     if record.state in (lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
         if record.next_round_at is None or record.next_round_at > event.at:
             record.next_round_at = event.at
-    elif record.state == lc.RELAY_CONNECTED:
+    elif record.state in lc.CONNECTED_STATES:
+        # probe the new candidates at once, beside the live path (issue 13)
         record.probes_done = 0
         record.next_probe_at = event.at
+
+
+def fold_local_addresses(state: State, event: LocalAddressesChanged) -> None:
+    """Our own addresses changed: every peer is probed again at once (issue 13)."""
+    for record in state.peers.values():
+        if record.state in (lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
+            if record.next_round_at is None or record.next_round_at > event.at:
+                record.next_round_at = event.at
+        elif record.state in lc.CONNECTED_STATES:
+            record.probes_done = 0
+            record.next_probe_at = event.at
 
 
 def fold_handshake(state: State, event: HandshakeObserved) -> None:
@@ -164,6 +210,8 @@ def fold_round_failed(state: State, event: DirectRoundFailed) -> None:
         failed = state.attempts.attempts(event.peer)
         jitter = unit_hash(event.peer, event.attempt)
         record.next_round_at = event.at + state.policy.round_gap_ms(failed - 1, jitter)
+    elif record.state == lc.DIRECT_CONNECTED:
+        record.next_probe_at = None  # the live path stays; nothing new answered
     else:
         record.probes_done += 1
         record.next_probe_at = event.at + state.policy.probe_gap_ms(record.probes_done)
@@ -246,6 +294,7 @@ FOLDS: dict[type, Callable[[State, Any], None]] = {
     RelaySessionFailed: fold_session_failed,
     PolicySet: fold_policy,
     NatObserved: fold_nat,
+    LocalAddressesChanged: fold_local_addresses,
     DirectAttemptStarted: fold_attempt_started,
     DirectRoundFailed: fold_round_failed,
     RelayEligibilityReached: fold_eligible,

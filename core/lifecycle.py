@@ -59,16 +59,17 @@ TRIGGER_OF_EVENT: Final = {
 
 #: Each row: trigger, source state(s), destination (None: stay, an internal transition).
 TRANSITIONS: Final[tuple[dict[str, Any], ...]] = (
-    # a direct round: the first one leaves pending; later ones, and upgrade probes, stay
+    # a direct round: the first one leaves pending; later ones, and probes stay (a probe of
+    # new candidates of a directly connected peer too, beside its live path)
     {"trigger": "start_direct_round", "source": PENDING, "dest": DIRECT_TRYING},
     {
         "trigger": "start_direct_round",
-        "source": [DIRECT_TRYING, RELAY_ELIGIBLE, RELAY_CONNECTED],
+        "source": [DIRECT_TRYING, RELAY_ELIGIBLE, RELAY_CONNECTED, DIRECT_CONNECTED],
         "dest": None,
     },
     {
         "trigger": "fail_direct_round",
-        "source": [DIRECT_TRYING, RELAY_ELIGIBLE, RELAY_CONNECTED],
+        "source": [DIRECT_TRYING, RELAY_ELIGIBLE, RELAY_CONNECTED, DIRECT_CONNECTED],
         "dest": None,
     },
     # the threshold fired (direct-first), or the policy/peer says relay first

@@ -57,6 +57,13 @@ def wake_time(state: State, record: PeerRecord) -> int | None:
             times.append(record.relay_retry_at)
     if lifecycle_state in lc.CONNECTED_STATES and record.last_handshake_at is not None:
         times.append(record.last_handshake_at + state.policy.handshake_freshness_ms)
+    if (
+        lifecycle_state == lc.DIRECT_CONNECTED
+        and record.next_probe_at is not None
+        and round_ is None
+        and state.direct_allowed(record)
+    ):
+        times.append(record.next_probe_at)
     if lifecycle_state == lc.RELAY_CONNECTED and state.upgrades_allowed(record):
         if record.next_probe_at is not None and round_ is None and state.endpoints_to_try(key):
             times.append(record.next_probe_at)

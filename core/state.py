@@ -55,6 +55,11 @@ class State:
         self._timers: list[tuple[int, str]] = []
         #: Not state: which folds handle each event type, computed once per type by `evolve`.
         self._plans: dict[type, Any] = {}
+        #: Derived from the peer records (rebuilt by `Engine.from_state`): relay -> sessions
+        #: this node holds or is connecting through it; `evolve` keeps it in step (issue 13).
+        self.relay_held: dict[str, int] = {}
+        #: Not state: relays full by that count that had a slot freed while deciding.
+        self._freed: set[str] = set()
         #: Not state: peer -> (candidates, cache entries, policy, valid until, endpoints).
         self._endpoints_memo: dict[str, tuple[Any, Any, Any, int, tuple[str, ...]]] = {}
 
@@ -102,7 +107,19 @@ class State:
         return ordered
 
     def relay_ranking(self, record: PeerRecord) -> tuple[RelayScore, ...]:
-        """The relays this peer may use now, best first, excluding those that just failed it."""
+        """The relays this peer may use now, best first, excluding those that just failed it.
+
+        A relay is left out while it has no room by what this node knows: its announced
+        capacity minus the larger of the sessions this node holds or is connecting through
+        it and the load its last health report gave (issue 13).
+        """
+        return tuple(score for score in self._ranked(record) if self.relay_headroom(score.relay) > 0)
+
+    def relays_full(self, record: PeerRecord) -> bool:
+        """Some relay this peer could use is left out only because it has no room."""
+        return any(self.relay_headroom(score.relay) <= 0 for score in self._ranked(record))
+
+    def _ranked(self, record: PeerRecord) -> tuple[RelayScore, ...]:
         return self.registry.rank(
             self.policy,
             self.now,
@@ -110,6 +127,12 @@ class State:
             worked_before=self.relay_cache.worked_before(record.key),
             exclude=record.relays_failed,
         )
+
+    def relay_headroom(self, relay: str) -> int:
+        """Sessions the relay can still take by what this node knows (see relay_ranking)."""
+        info = self.registry.relays[relay]
+        reported = info.load * info.capacity // 100
+        return info.capacity - max(self.relay_held.get(relay, 0), reported)
 
 
 @functools.lru_cache(maxsize=1 << 16)

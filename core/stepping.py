@@ -34,6 +34,7 @@ from .events import (
     RelayEligibilityReached,
     RelayUnavailable,
 )
+from .jitter import unit_hash
 from .peers import PeerRecord
 from .reaction import emit
 from .schedule import schedule, upgrade_ready_at
@@ -102,7 +103,18 @@ def step(engine: Engine, record: PeerRecord) -> bool:
     if state == lc.RELAY_CONNECTED:
         return step_relayed(engine, record, round_)
     if state == lc.DIRECT_CONNECTED:
-        return path_stale(engine, record)
+        if path_stale(engine, record):
+            return True
+        if (
+            round_ is None
+            and record.next_probe_at is not None
+            and record.next_probe_at <= now
+            and engine.direct_allowed(record)
+            and engine.endpoints_to_try(key)
+        ):
+            start_round(engine, record, "upgrade_probe", "new addresses: probing beside the live path")
+            return True
+        return False
     return False
 
 
@@ -255,11 +267,17 @@ def step_relay(engine: Engine, record: PeerRecord) -> bool:
     ranking = engine.relay_ranking(record)
     if not ranking:
         tried = f" (failed: {', '.join(record.relays_failed)})" if record.relays_failed else ""
+        retry_at = now + policy.relay_retry_ms
+        if engine.relays_full(record):
+            # full relays (by this node's count): jittered like the direct rounds, so the
+            # peers turned away together do not all come back at the same millisecond; a
+            # slot that frees wakes them sooner (decide.serve_waiting)
+            tried += " (full)"
+            spread = policy.relay_retry_ms * policy.backoff_jitter * (2 * unit_hash(key, now) - 1)
+            retry_at = now + max(1, int(policy.relay_retry_ms + spread))
         emit(
             engine,
-            RelayUnavailable(
-                at=now, peer=key, retry_at=now + policy.relay_retry_ms, reason=f"no usable relay{tried}"
-            ),
+            RelayUnavailable(at=now, peer=key, retry_at=retry_at, reason=f"no usable relay{tried}"),
         )
         return True
     best = ranking[0]

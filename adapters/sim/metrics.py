@@ -15,7 +15,18 @@ Owns the definitions (docs/policies.md repeats them for readers):
   path existed, over the time a direct path existed;
 - switches_per_peer_hour: data-plane path changes (not counting a peer's
   first path) per peer-hour in the mesh;
-- peak_relay_load: the most relay sessions open at once.
+- peak_relay_load: the most relay sessions open at once;
+- recovery p50/p99: after a network change left a peer's path dead (a
+  rebinding, waking on another network, its relay going down), the time some
+  path existed until the peer's path worked again; never recovered: infinite;
+- blackout_share: time the peer's traffic was pointed at a path that did not
+  work while some path existed, over the time some path existed (a dead path
+  not yet noticed, or a probe that moved WireGuard off the live path);
+- over_capacity_events: connects that reached a relay with no room (the relay
+  refused them "at capacity").
+A metric with nothing to measure (no peer present, no network change) is NaN:
+"no data", never 0. In JSON (`to_json`) an infinite value is the string "inf"
+and a missing one `null`.
 It never runs a simulation.
 """
 
@@ -27,7 +38,7 @@ from typing import Any
 
 import attrs
 
-from natrelay.adapters.sim.simulated_network import Account
+from natrelay.adapters.sim.sim_model import Account
 
 INF = math.inf
 
@@ -42,7 +53,18 @@ def percentile(values: Sequence[float], share: float) -> float:
 
 
 def _share(part: float, whole: float) -> float:
-    return part / whole if whole else 0.0
+    """part / whole, or NaN ("no data") when there is nothing to divide by."""
+    return part / whole if whole else math.nan
+
+
+def json_number(value: Any) -> Any:
+    """A float for JSON: "inf" / "-inf" for infinite ("never"), None for NaN ("no data")."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+    return value
 
 
 @attrs.frozen
@@ -62,6 +84,11 @@ class RunMetrics:
     relayed_share_while_direct_possible: float
     switches_per_peer_hour: float
     peak_relay_load: int
+    recovery_p50_s: float
+    recovery_p99_s: float
+    recoveries: int
+    blackout_share: float
+    over_capacity_events: int
     events_appended: int
     wall_s: float
     #: Not in the table: per-peer time to first path (s), and relay sessions over time.
@@ -72,7 +99,7 @@ class RunMetrics:
         data = attrs.asdict(self)
         data.pop("ttfp_samples")
         data.pop("relay_series")
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
+        return {k: json_number(v) for k, v in data.items()}
 
 
 def relay_series(changes: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
@@ -95,6 +122,7 @@ def compute(
     *,
     events_appended: int = 0,
     wall_s: float = 0.0,
+    over_capacity: int = 0,
 ) -> RunMetrics:
     """The metrics of a finished run (every account closed at the end time)."""
     present = [a for a in accounts if a.present]
@@ -110,6 +138,7 @@ def compute(
         if a.first_direct_possible_at is not None
     ]
     peer_hours = sum(a.present_ms for a in accounts) / 3_600_000
+    recoveries = [ms / 1000 for a in accounts for ms in a.recoveries]
     series = relay_series(load_changes)
     return RunMetrics(
         name=name,
@@ -129,8 +158,75 @@ def compute(
         ),
         switches_per_peer_hour=_share(sum(a.switches for a in accounts), peer_hours),
         peak_relay_load=max((level for _, level in series), default=0),
+        recovery_p50_s=percentile(recoveries, 0.50),
+        recovery_p99_s=percentile(recoveries, 0.99),
+        recoveries=len(recoveries),
+        blackout_share=_share(sum(a.blackout_ms for a in accounts), sum(a.possible_ms for a in accounts)),
+        over_capacity_events=over_capacity,
         events_appended=events_appended,
         wall_s=wall_s,
         ttfp_samples=tuple(ttfp),
         relay_series=series,
     )
+
+
+#: Metrics where more is better; every other number in the table is better lower.
+HIGHER_IS_BETTER = frozenset({"connectivity", "connectivity_possible", "connected_time_share"})
+#: Not outcomes (sizes, costs of the run itself): never compared between policies.
+NOT_COMPARED = frozenset({"name", "peers", "recoveries", "events_appended", "wall_s"})
+
+
+def comparable(metrics: RunMetrics) -> dict[str, float]:
+    """The outcome metrics of a run, by name (what the oracle bounds)."""
+    return {
+        name: value
+        for name, value in attrs.asdict(metrics, recurse=False).items()
+        if name not in NOT_COMPARED and isinstance(value, int | float)
+    }
+
+
+#: What a run spends to connect, not what it achieves: a policy that connects fewer peers
+#: spends less (innernet uses no relay at all), so spending less only counts as beating
+#: another run that connected no less (see `beats`).
+COSTS = frozenset({"switches_per_peer_hour", "relayed_share_while_direct_possible", "peak_relay_load"})
+
+
+#: Shares closer than this (0.001 percentage points) are a tie: which of several peers
+#: waiting for a full relay gets the slot that frees moves a share by ~1e-6.
+SHARE_TIE = 1e-5
+
+
+def beats(policy: RunMetrics, bound: RunMetrics) -> list[str]:
+    """The metrics on which `policy` does strictly better than `bound` (for the oracle: none)."""
+    found = []
+    ours, theirs = comparable(policy), comparable(bound)
+    share = "connected_time_share"
+    delivered = not better(share, theirs[share], ours[share])
+    for name, value in ours.items():
+        if name in COSTS and not delivered:
+            continue
+        if name.endswith("_share") and abs(value - theirs[name]) < SHARE_TIE:
+            continue
+        if better(name, value, theirs[name]):
+            found.append(f"{name}: {policy.name} {value!r}, {bound.name} {theirs[name]!r}")
+    return found
+
+
+def better(name: str, a: float, b: float) -> bool:
+    """Is `a` strictly better than `b` on metric `name`? NaN ("no data") is never better."""
+    if math.isnan(a) or math.isnan(b):
+        return False
+    return a > b if name in HIGHER_IS_BETTER else a < b
+
+
+def best_of(first: RunMetrics, second: RunMetrics) -> RunMetrics:
+    """Metric by metric, the better of two runs (the oracle row: each metric's physical limit).
+
+    The samples behind the plot come from `first`.
+    """
+    changes: dict[str, Any] = {}
+    for name, value in comparable(second).items():
+        if better(name, value, getattr(first, name)):
+            changes[name] = value
+    changes["wall_s"] = first.wall_s + second.wall_s
+    return attrs.evolve(first, **changes)

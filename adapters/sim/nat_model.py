@@ -32,6 +32,8 @@ Target = Literal["reflexive", "stale"]
 Addr = tuple[str, int]
 
 SERVER: Addr = ("198.51.100.1", 3478)
+#: Where a stale candidate points: an address the peer no longer has.
+STALE_HOST = "192.0.2.77"
 
 
 @attrs.frozen
@@ -135,7 +137,9 @@ def punch(local: NatBehaviour, remote: NatBehaviour, target: Target = "reflexive
     reflexive_b = b.outbound(SERVER)
     if reflexive_a is None or reflexive_b is None:
         return PunchResult(False)
-    to_b: Addr = reflexive_b if target == "reflexive" else (reflexive_b[0], 1)
+    # a stale endpoint is an address the peer had on another network: nobody answers there,
+    # and our filter only knows that we sent to it (not to the peer's new address)
+    to_b: Addr = reflexive_b if target == "reflexive" else (STALE_HOST, reflexive_b[1])
     to_a: Addr = reflexive_a
     got_a = got_b = False
     for _ in range(4):

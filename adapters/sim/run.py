@@ -16,9 +16,10 @@ from pathlib import Path
 import attrs
 
 from natrelay.adapters.node import Node
-from natrelay.adapters.sim.metrics import RunMetrics, compute
+from natrelay.adapters.sim.metrics import RunMetrics, best_of, compute
 from natrelay.adapters.sim.scenario import Scenario
-from natrelay.adapters.sim.simulated_network import Account, SimNetwork
+from natrelay.adapters.sim.sim_model import Account
+from natrelay.adapters.sim.simulated_network import SimNetwork
 from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
 
@@ -64,20 +65,50 @@ def run_policy(
     log: str | None = None,
     log_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    probe_cost: str = "hitless",
 ) -> RunMetrics:
     """Simulate `policy` (None: the oracle) on `scenario`; `progress` gets simulated ms as they pass.
 
     The total passed to `progress` over a run is `duration_ms` times the number of vantages.
+    The oracle runs twice, relaying while a slower direct handshake completes and not
+    (`sim_oracle`); its row is, metric by metric, the better of the two.
+    `probe_cost` is what a direct probe of a connected peer costs the data plane
+    (`sim_model.PROBE_COSTS`).
     """
+    if policy is None:
+        fast = _run(scenario, None, seed, None, None, progress, probe_cost, bridge=True)
+        calm = _run(scenario, None, seed, None, None, None, probe_cost, bridge=False)
+        return best_of(fast, calm)
+    return _run(scenario, policy, seed, log, log_dir, progress, probe_cost, bridge=True)
+
+
+def _run(
+    scenario: Scenario,
+    policy: Policy | None,
+    seed: int,
+    log: str | None,
+    log_dir: Path | None,
+    progress: Callable[[int], None] | None,
+    probe_cost: str,
+    *,
+    bridge: bool,
+) -> RunMetrics:
     label = ORACLE if policy is None else policy.name
     started = time.perf_counter()
     accounts: list[Account] = []
     changes: list[tuple[int, int]] = []
     appended = 0
+    over_capacity = 0
     end = scenario.duration_ms
     for item in plan(scenario, log, log_dir, label):
         network = SimNetwork(
-            scenario, seed=seed, vantage=item.vantage, peer_indexes=item.peer_indexes, oracle=policy is None
+            scenario,
+            seed=seed,
+            vantage=item.vantage,
+            peer_indexes=item.peer_indexes,
+            oracle=policy is None,
+            oracle_bridge=bridge,
+            probe_cost=probe_cost,
         )
         if policy is None:
             network.run_oracle(end)
@@ -87,7 +118,15 @@ def run_policy(
             appended += _run_node(network, policy, item.log, end, progress)
         accounts.extend(p.account for p in network.peers.values())
         changes.extend(network.load_changes)
-    return compute(label, accounts, changes, events_appended=appended, wall_s=time.perf_counter() - started)
+        over_capacity += network.over_capacity
+    return compute(
+        label,
+        accounts,
+        changes,
+        events_appended=appended,
+        wall_s=time.perf_counter() - started,
+        over_capacity=over_capacity,
+    )
 
 
 def _run_node(

@@ -165,9 +165,26 @@ class _Reader:
 
 
 def _int(value: Any) -> int:
+    """A whole number >= 0 (2.0 is 2; 2.5 peers or sessions mean nothing)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ValueError
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
     return int(value)
+
+
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number < 1:
+        raise ValueError
+    return number
+
+
+def _weight(value: Any) -> float:
+    """A mix weight: a number >= 0 (not a string, not a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError
+    return float(value)
 
 
 def _ms(value: Any) -> int:
@@ -229,20 +246,19 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
     name = top.get("name", Path(source).stem, _str, "a non-empty string")
     description = top.get("description", "", str, "a string")
     duration_ms = top.get("duration_s", 3_600_000, _ms, "seconds >= 0")
-    peers = top.get("peers", 0, _int, "an integer >= 0")
+    peers = top.get("peers", 0, _int, "a whole number of peers >= 0")
     local = top.sub("local")
     local_nats = local.get("nat", ("port_restricted_cone",), _nats, f"a NAT type or a list of: {_NAT_NAMES}")
     hairpinning = local.get("hairpinning", True, _bool, "true or false")
     local.done()
     mix_table = top.sub("mix")
-    mix = tuple(
-        (nat, mix_table.get(nat, 0.0, lambda v: float(_int(v) if isinstance(v, int) else v), "a weight >= 0"))
-        for nat in sorted(mix_table.data)
-    )
-    for nat, _weight in mix:
+    for nat in sorted(mix_table.data):
         if nat not in NAT_TYPES:
             raise mix_table.fail(nat, f"unknown NAT type; use one of {_NAT_NAMES}")
+    mix = tuple((nat, mix_table.get(nat, 0.0, _weight, "a number >= 0")) for nat in sorted(mix_table.data))
     mix_table.done()
+    if mix and not any(weight > 0 for _, weight in mix):
+        raise top.fail("mix", "every weight is 0: no peer could be drawn")
     if not mix:
         mix = (("port_restricted_cone", 1.0),)
     links = top.sub("links")
@@ -256,12 +272,14 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
                 id=item.get("id", None, _str, "a relay id"),
                 region=item.get("region", "default", _str, "a region name"),
                 rtt_ms=item.get("rtt_ms", 40, _int, "milliseconds"),
-                capacity=item.get("capacity", 100_000, _int, "sessions"),
+                capacity=item.get("capacity", 100_000, _positive_int, "a whole number of sessions >= 1"),
                 loss=item.get("loss", 0.0, _fraction, "a fraction in 0..1"),
             )
         )
         if relays[-1].id is None:
             raise item.fail("id", "missing")
+        if relays[-1].id in {relay.id for relay in relays[:-1]}:
+            raise item.fail("id", f"duplicate relay id {relays[-1].id!r}")
         item.done()
     relay_ids = {relay.id for relay in relays}
     outages = []
@@ -297,6 +315,18 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
         active_until=dyn.get("active_until", base.active_until, _fraction, "a fraction of the run"),
     )
     dyn.done()
+    if dynamics.active_from > dynamics.active_until:
+        raise dyn.fail(
+            "active_until",
+            f"{dynamics.active_until} is before active_from {dynamics.active_from}: the window is empty",
+        )
+    shares = dynamics.rebinding_share + dynamics.network_change_share + dynamics.leave_share
+    if shares > 1 + 1e-9:
+        raise dyn.fail(
+            "rebinding_share",
+            f"rebinding_share + network_change_share + leave_share = {shares:g}: a peer does at most "
+            "one of them, so they may not sum past 1",
+        )
     peer_list = []
     for item in top.items("peer"):
         peer_list.append(
@@ -310,6 +340,8 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
                 stale_candidate=item.get("stale_candidate", False, _bool, "true or false"),
             )
         )
+        if peer_list[-1].name in {peer.name for peer in peer_list[:-1]}:
+            raise item.fail("name", f"duplicate peer name {peer_list[-1].name!r}")
         item.done()
     names = {peer.name for peer in peer_list}
     events = []
@@ -350,6 +382,15 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
         events=tuple(events),
         source=source,
     )
+
+
+def builtin_scenarios() -> list[tuple[str, str]]:
+    """(name, description) of every built-in scenario, by name."""
+    found = []
+    for file in sorted(BUILTIN_DIR.glob("*.toml")):
+        scenario = load_scenario(file)
+        found.append((file.stem, scenario.description))
+    return found
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -23,15 +23,27 @@ Rules:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import heapq
 import random
 from collections.abc import Sequence
 from typing import Any
 
-from natrelay.adapters.sim.nat_model import NAT_TYPES, NatBehaviour, hairpin_works, punch, roaming_survives
-from natrelay.adapters.sim.scenario import PeerSpec, RelaySpec, Scenario
+from natrelay.adapters.sim.nat_model import NAT_TYPES, NatBehaviour, hairpin_works, punch
+from natrelay.adapters.sim.scenario import PeerSpec, Scenario
+from natrelay.adapters.sim.sim_handlers import NetworkHandlers
+from natrelay.adapters.sim.sim_model import (
+    MAX_HANDSHAKE_TRIES,
+    PATH_SILENT_MS,
+    PROBE_COSTS,
+    REKEY_AFTER_MS,
+    REKEY_TIMEOUT_MS,
+    RELAY_CONNECT_FAIL_MS,
+    Account,
+    Relay,
+    SimPeer,
+    peer_key,
+)
+from natrelay.adapters.sim.sim_oracle import OracleStrategy
 from natrelay.core.commands import (
     CloseRelaySession,
     Command,
@@ -40,175 +52,12 @@ from natrelay.core.commands import (
     SwitchPath,
     TryDirectEndpoint,
 )
-from natrelay.core.events import (
-    CandidatesUpdated,
-    Event,
-    HandshakeObserved,
-    NatObserved,
-    PeerAdded,
-    PeerRemoved,
-    RelayAnnounced,
-    RelayHealthMeasured,
-    RelaySessionClosed,
-    RelaySessionEstablished,
-    RelaySessionFailed,
-    RelayWithdrawn,
-)
+from natrelay.core.events import Event, NatObserved
 
-#: WireGuard renews a handshake every 2 minutes while traffic flows (REKEY_AFTER_TIME).
-REKEY_AFTER_MS = 120_000
-#: A lost handshake initiation is retried after 5 s (REKEY_TIMEOUT), for up to 90 s.
-REKEY_TIMEOUT_MS = 5_000
-MAX_HANDSHAKE_TRIES = 18
-#: Relays report their health this often.
-HEALTH_EVERY_MS = 30_000
-#: The coordination server withdraws a relay that stopped answering after this long.
-RELAY_DOWN_DETECTION_MS = 15_000
-#: A TURN connect to a dead relay fails after this long.
-RELAY_CONNECT_FAIL_MS = 3_000
+__all__ = ["Account", "SimNetwork", "SimPeer"]
 
 
-def peer_key(seed: int, vantage: int, index: int) -> str:
-    """A deterministic WireGuard-shaped public key for a simulated peer."""
-    digest = hashlib.blake2b(f"{seed}/{vantage}/{index}".encode(), digest_size=32).digest()
-    return base64.b64encode(digest).decode()
-
-
-class Account:
-    """Ground truth and path use of one peer, integrated over time (what the metrics read)."""
-
-    __slots__ = (
-        "connected_possible_ms",
-        "direct_possible",
-        "direct_possible_ms",
-        "first_direct_at",
-        "first_direct_possible_at",
-        "first_join_at",
-        "first_path_at",
-        "last_t",
-        "possible",
-        "possible_at_join",
-        "possible_ms",
-        "present",
-        "present_ms",
-        "relayed",
-        "relayed_ms",
-        "relayed_while_direct_ms",
-        "switches",
-        "working",
-    )
-
-    def __init__(self) -> None:
-        self.last_t = 0
-        self.present = self.possible = self.direct_possible = self.working = self.relayed = False
-        self.present_ms = self.possible_ms = self.connected_possible_ms = 0
-        self.direct_possible_ms = self.relayed_while_direct_ms = self.relayed_ms = 0
-        self.first_join_at: int | None = None
-        self.first_path_at: int | None = None
-        self.first_direct_at: int | None = None
-        self.first_direct_possible_at: int | None = None
-        self.possible_at_join = False
-        self.switches = 0
-
-    def advance(self, now: int) -> None:
-        span = now - self.last_t
-        if span > 0:
-            if self.present:
-                self.present_ms += span
-            if self.possible:
-                self.possible_ms += span
-                if self.working:
-                    self.connected_possible_ms += span
-            if self.direct_possible:
-                self.direct_possible_ms += span
-                if self.relayed:
-                    self.relayed_while_direct_ms += span
-            if self.relayed:
-                self.relayed_ms += span
-        self.last_t = now
-
-
-class SimPeer:
-    """One remote peer as the simulator knows it (the truth, not what the engine believes)."""
-
-    __slots__ = (
-        "account",
-        "awake",
-        "dedicated_port",
-        "index",
-        "key",
-        "known_reflexive",
-        "lan",
-        "lan_addr",
-        "loss",
-        "name",
-        "nat",
-        "nat_name",
-        "plane",
-        "plane_token",
-        "port",
-        "present",
-        "public_ip",
-        "rtt_ms",
-        "stale",
-    )
-
-    def __init__(self, key: str, name: str, index: int) -> None:
-        self.key, self.name, self.index = key, name, index
-        self.nat_name = "port_restricted_cone"
-        self.nat: NatBehaviour = NAT_TYPES[self.nat_name]
-        self.lan = False
-        self.lan_addr = ""
-        self.public_ip = ""
-        self.port = 0
-        self.dedicated_port = 0
-        self.known_reflexive = ""
-        self.stale: str | None = None
-        self.rtt_ms = 50
-        self.loss = 0.0
-        self.present = False
-        self.awake = True
-        #: What the data plane uses: ("direct", endpoint) or ("relay", relay id), or None.
-        self.plane: tuple[str, str] | None = None
-        self.plane_token = 0
-        self.account = Account()
-
-    @property
-    def reflexive(self) -> str:
-        return f"{self.public_ip}:{self.port}"
-
-    @property
-    def dedicated(self) -> str:
-        return f"{self.public_ip}:{self.dedicated_port}"
-
-    def candidates(self) -> tuple[str, ...]:
-        """What the coordination server reports: the reflexive endpoint it saw, then the others."""
-        found = [self.known_reflexive]
-        if self.stale and self.stale not in found:
-            found.append(self.stale)
-        if self.lan_addr not in found:
-            found.append(self.lan_addr)
-        return tuple(found)
-
-
-class Relay:
-    """A relay: where, how fast, how full, and whether it is up."""
-
-    __slots__ = ("capacity", "id", "loss", "region", "rtt_ms", "sessions", "up")
-
-    def __init__(self, spec: RelaySpec) -> None:
-        self.id, self.region, self.rtt_ms = spec.id, spec.region, spec.rtt_ms
-        self.capacity, self.loss = spec.capacity, spec.loss
-        self.up = True
-        #: peer key -> session id, established sessions only.
-        self.sessions: dict[str, str] = {}
-
-    def setup_ms(self) -> int:
-        """TURN allocate, channel bind, first handshake through it: about three round trips."""
-        return 3 * self.rtt_ms
-
-
-class SimNetwork:
+class SimNetwork(NetworkHandlers, OracleStrategy):
     """The simulated network for one vantage, implementing `NetworkAdapter`."""
 
     def __init__(
@@ -219,11 +68,20 @@ class SimNetwork:
         vantage: int = 0,
         peer_indexes: Sequence[int] | None = None,
         oracle: bool = False,
+        oracle_bridge: bool = True,
+        probe_cost: str = "hitless",
     ) -> None:
+        if probe_cost not in PROBE_COSTS:
+            raise ValueError(f"probe cost {probe_cost!r}: expected one of {', '.join(PROBE_COSTS)}")
         self.scenario = scenario
         self.seed = seed
         self.vantage = vantage
         self.oracle = oracle
+        #: The oracle carries traffic over a relay while a slower direct handshake completes.
+        self.oracle_bridge = oracle_bridge
+        self.probe_cost = probe_cost
+        #: Connects that reached a relay with no room (refused "at capacity").
+        self.over_capacity = 0
         local_name = scenario.local_nats[vantage % len(scenario.local_nats)]
         base = NAT_TYPES[local_name]
         self.local_name = local_name
@@ -248,6 +106,8 @@ class SimNetwork:
         self._pending: dict[tuple[str, str], str] = {}
         self.peers: dict[str, SimPeer] = {}
         self._oracle_gen: dict[str, int] = {}
+        #: Peers the oracle could not give a relay slot yet, in arrival order.
+        self._oracle_waiting: dict[str, None] = {}
         self.by_name: dict[str, SimPeer] = {}
         self._build(peer_indexes)
         # what this node's agent measured of its own NAT (fleet statistics in the log)
@@ -362,8 +222,8 @@ class SimNetwork:
             return ()
         return (peer.reflexive,) if result.peer_endpoint == "reflexive" else (peer.dedicated,)
 
-    def best_relay(self) -> Relay | None:
-        up = [r for r in self.relays.values() if r.up and len(r.sessions) < r.capacity]
+    def best_relay(self, peer: str = "") -> Relay | None:
+        up = [r for r in self.relays.values() if r.up and r.has_room(peer)]
         return min(up, key=lambda r: (r.rtt_ms, r.id)) if up else None
 
     def _plane_works(self, peer: SimPeer) -> bool:
@@ -380,11 +240,26 @@ class SimNetwork:
         acc = peer.account
         acc.advance(now)
         live = peer.present and peer.awake
+        was_working = acc.working
         acc.present = peer.present
         acc.direct_possible = live and bool(self.working_endpoints(peer))
         acc.possible = acc.direct_possible or (live and any(r.up for r in self.relays.values()))
         acc.working = self._plane_works(peer)
+        acc.on_plane = peer.plane is not None
         acc.relayed = acc.working and peer.plane is not None and peer.plane[0] == "relay"
+        if acc.working:
+            plane = peer.plane
+            assert plane is not None
+            using = (*plane, self.relays[plane[1]].sessions[peer.key]) if plane[0] == "relay" else plane
+            if acc.last_working is not None and using != acc.last_working:
+                acc.switches += 1  # another path, or a new session after the old one died
+            acc.last_working = using
+            if acc.recovering:
+                acc.recoveries.append(acc.recovery_ms)
+                acc.recovering = False
+        elif was_working and peer.present and not self.oracle:
+            # the agent sees the receive counter stand still (keepalives stop arriving)
+            self._later(now + PATH_SILENT_MS, "silent", (peer.key, peer.plane_token, peer.silence_gen))
         if acc.working and acc.first_path_at is None:
             acc.first_path_at = now
         if acc.direct_possible and acc.first_direct_possible_at is None:
@@ -392,13 +267,19 @@ class SimNetwork:
         if acc.working and not acc.relayed and acc.first_direct_at is None:
             acc.first_direct_at = now
 
+    def network_changed(self, peer: SimPeer, now: int) -> None:
+        """A change of the network left the peer's path dead: a recovery starts (see Account)."""
+        self._update(peer, now)
+        acc = peer.account
+        live = peer.present and peer.awake
+        if live and not acc.working and acc.first_path_at is not None and not acc.recovering:
+            acc.recovering, acc.recovery_ms = True, 0
+
     def _set_plane(self, peer: SimPeer, plane: tuple[str, str] | None, now: int) -> None:
+        peer.probe_saved = None
         if plane == peer.plane:
+            self._update(peer, now)  # e.g. a new session on the same relay
             return
-        if plane is not None and peer.plane is not None:
-            peer.account.switches += 1
-        elif plane is not None and peer.account.first_path_at is not None:
-            peer.account.switches += 1  # back on a path after losing one
         peer.plane = plane
         peer.plane_token += 1
         if plane is not None:
@@ -416,7 +297,7 @@ class SimNetwork:
         elif type(command) is ConnectViaRelay:
             self._connect_relay(peer, command, now)
         elif type(command) is SwitchPath:
-            if command.endpoint is not None:
+            if command.endpoint is not None and command.relay is None:
                 self._set_plane(peer, ("direct", command.endpoint), now)
             elif command.relay is not None:
                 self._set_plane(peer, ("relay", command.relay), now)
@@ -452,6 +333,18 @@ class SimNetwork:
         return peer.reflexive if result.peer_endpoint == "reflexive" else peer.dedicated
 
     def _try_direct(self, peer: SimPeer, command: TryDirectEndpoint, now: int) -> None:
+        if (
+            self.probe_cost == "blackout"
+            and peer.plane is not None
+            and peer.plane != ("direct", command.endpoint)
+        ):
+            # today's agent: WireGuard is pointed at the candidate, the live path goes dark
+            saved = peer.probe_saved or peer.plane
+            peer.plane = ("direct", command.endpoint)
+            peer.plane_token += 1
+            peer.probe_saved = saved
+            self._update(peer, now)
+            self._later(command.deadline, "probe_over", (peer.key, peer.plane_token))
         reached = self._direct_result(peer, command.endpoint)
         if reached is None:
             return
@@ -474,7 +367,10 @@ class SimNetwork:
             if now + RELAY_CONNECT_FAIL_MS < command.deadline:
                 self._later(now + RELAY_CONNECT_FAIL_MS, "relay_failed", (peer.key, relay.id, "unreachable"))
             return
+        if not (peer.present and peer.awake):
+            return  # the first handshake through the relay finds nobody: no session, no answer
         if len(relay.sessions) >= relay.capacity:
+            self.over_capacity += 1
             self._later(now + relay.rtt_ms, "relay_failed", (peer.key, relay.id, "at capacity"))
             return
         draw = self._loss_rng[peer.key]
@@ -495,6 +391,7 @@ class SimNetwork:
         relay = self.relays.get(relay_id)
         if relay is not None and relay.sessions.pop(peer.key, None) is not None:
             self.load_changes.append((now, -1))
+            self._oracle_serve_waiting(now)
         if peer.plane == ("relay", relay_id):
             self._set_plane(peer, None, now)
         else:
@@ -523,225 +420,11 @@ class SimNetwork:
         """Close every account at `end` (call once, after the run)."""
         for peer in self.peers.values():
             self._update(peer, end)
+            peer.account.close()
 
     def _emit(self, event: Event) -> None:
         if not self.oracle:
             self._out.append(event)
-
-    # ------------------------------------------------------------ handlers
-
-    def _on_join(self, at: int, payload: tuple[str, str | None]) -> None:
-        peer = self.peers[payload[0]]
-        if peer.present:
-            return
-        peer.present, peer.awake = True, True
-        acc = peer.account
-        self._update(peer, at)
-        if acc.first_join_at is None:
-            acc.first_join_at = at
-            acc.possible_at_join = acc.possible
-        self._emit(
-            PeerAdded(
-                at=at, peer=peer.key, candidates=peer.candidates(), name=peer.name, nat_type=peer.nat_name
-            )
-        )
-        self._oracle_choose(peer, at)
-
-    def _on_leave(self, at: int, payload: tuple[str, str | None]) -> None:
-        peer = self.peers[payload[0]]
-        if not peer.present:
-            return
-        peer.present = False
-        self._update(peer, at)
-        self._emit(PeerRemoved(at=at, peer=peer.key))
-        if self.oracle:
-            self._set_plane(peer, None, at)
-
-    def _on_rebind(self, at: int, payload: tuple[str, str | None]) -> None:
-        """The peer's NAT gives it a new public port mid-session (a NAT rebinding)."""
-        peer = self.peers[payload[0]]
-        old = peer.reflexive
-        peer.port = 20000 + (peer.port - 20000 + 4999) % 40000
-        peer.dedicated_port = peer.port + 1
-        self._update(peer, at)
-        self._later(at + self.scenario.dynamics.candidate_report_delay_ms, "report", peer.key)
-        if peer.plane == ("direct", old) and not peer.lan and roaming_survives(self.local):
-            # the peer's keepalives now come from the new port; WireGuard roams to it
-            new = self._direct_result(peer, peer.reflexive)
-            if new is not None:
-                self._later(at + peer.rtt_ms, "handshake", (peer.key, new, peer.plane_token, True))
-        self._oracle_choose(peer, at)
-
-    def _on_sleep(self, at: int, payload: tuple[str, str | None]) -> None:
-        peer = self.peers[payload[0]]
-        peer.awake = False
-        self._update(peer, at)
-        self._oracle_choose(peer, at)
-
-    def _on_wake(self, at: int, payload: tuple[str, str | None]) -> None:
-        """The peer is back, maybe on another network behind another NAT."""
-        peer = self.peers[payload[0]]
-        peer.awake = True
-        if payload[1] is not None:
-            peer.nat_name, peer.nat = payload[1], NAT_TYPES[payload[1]]
-            peer.lan = False
-            peer.rtt_ms = max(peer.rtt_ms, 10)
-            peer.public_ip = self._new_ip()
-            peer.port = 20000 + (peer.port - 20000 + 7001) % 40000
-            peer.dedicated_port = peer.port + 1
-        self._update(peer, at)
-        self._later(at + self.scenario.dynamics.candidate_report_delay_ms, "report", peer.key)
-        if (
-            peer.plane is not None
-            and peer.plane[0] == "direct"
-            and self.local.filtering in ("open", "endpoint_independent")
-            and not self.local.udp_blocked
-        ):
-            # the peer's WireGuard initiates toward us from its new address; an open filter lets it in
-            new = self._direct_result(peer, peer.reflexive)
-            if new is not None:
-                self._later(at + peer.rtt_ms, "handshake", (peer.key, new, peer.plane_token, True))
-        self._oracle_choose(peer, at)
-
-    def _on_report(self, at: int, key: str) -> None:
-        peer = self.peers[key]
-        if peer.known_reflexive == peer.reflexive:
-            return
-        peer.known_reflexive = peer.reflexive
-        if peer.present:
-            self._emit(
-                CandidatesUpdated(at=at, peer=key, candidates=peer.candidates(), nat_type=peer.nat_name)
-            )
-
-    def _on_handshake(self, at: int, payload: tuple[str, str, int, bool]) -> None:
-        key, endpoint, token, roaming = payload
-        peer = self.peers[key]
-        if roaming and peer.plane_token != token:
-            return
-        if endpoint not in self.working_endpoints(peer):
-            return  # the network changed while the handshake was in flight
-        self._emit(HandshakeObserved(at=at, peer=key, endpoint=endpoint))
-
-    def _on_renew(self, at: int, payload: tuple[str, int]) -> None:
-        key, token = payload
-        peer = self.peers[key]
-        if peer.plane_token != token or peer.plane is None:
-            return
-        self._later(at + REKEY_AFTER_MS, "renew", payload)
-        if self.oracle or not self._plane_works(peer):
-            return
-        kind, where = peer.plane
-        if kind == "direct":
-            self._emit(HandshakeObserved(at=at, peer=key, endpoint=where))
-        else:
-            self._emit(HandshakeObserved(at=at, peer=key, relay=where))
-
-    def _on_relay_established(self, at: int, payload: tuple[str, str, str]) -> None:
-        key, relay_id, session = payload
-        if self._pending.get((key, relay_id)) != session:
-            return  # cancelled meanwhile
-        del self._pending[(key, relay_id)]
-        relay = self.relays[relay_id]
-        if not relay.up:
-            self._emit(RelaySessionFailed(at=at, peer=key, relay=relay_id, reason="relay went down"))
-            return
-        relay.sessions[key] = session
-        self.load_changes.append((at, 1))
-        self._emit(RelaySessionEstablished(at=at, peer=key, relay=relay_id, session=session))
-
-    def _on_relay_failed(self, at: int, payload: tuple[str, str, str]) -> None:
-        key, relay_id, reason = payload
-        self._pending.pop((key, relay_id), None)
-        self._emit(RelaySessionFailed(at=at, peer=key, relay=relay_id, reason=reason))
-
-    def _on_relay_down(self, at: int, relay_id: str) -> None:
-        relay = self.relays[relay_id]
-        if not relay.up:
-            return
-        relay.up = False
-        for key in sorted(relay.sessions):
-            session = relay.sessions.pop(key)
-            self.load_changes.append((at, -1))
-            self._emit(
-                RelaySessionClosed(at=at, peer=key, relay=relay_id, session=session, reason="relay down")
-            )
-        self._later(at + RELAY_DOWN_DETECTION_MS, "relay_withdraw", relay_id)
-        self._refresh_all(at)
-
-    def _on_relay_withdraw(self, at: int, relay_id: str) -> None:
-        if not self.relays[relay_id].up:
-            self._emit(RelayWithdrawn(at=at, relay=relay_id))
-
-    def _on_relay_up(self, at: int, relay_id: str) -> None:
-        relay = self.relays[relay_id]
-        relay.up = True
-        self._emit(RelayAnnounced(at=at, relay=relay_id, region=relay.region, capacity=relay.capacity))
-        self._later(at, "health", relay_id)
-        self._refresh_all(at)
-
-    def _on_health(self, at: int, relay_id: str) -> None:
-        relay = self.relays[relay_id]
-        if not relay.up:
-            return
-        load = min(100, (100 * len(relay.sessions)) // max(1, relay.capacity))
-        self._emit(
-            RelayHealthMeasured(at=at, relay=relay_id, rtt_ms=2 * relay.rtt_ms, load=load, loss=relay.loss)
-        )
-        self._later(at + HEALTH_EVERY_MS, "health", relay_id)
-
-    def _refresh_all(self, at: int) -> None:
-        for peer in self.peers.values():
-            if peer.present:
-                self._update(peer, at)
-                self._oracle_choose(peer, at)
-
-    # ------------------------------------------------------------- oracle
-
-    def _oracle_choose(self, peer: SimPeer, at: int) -> None:
-        """The oracle's whole strategy: the best path that physically works, as fast as physics allows.
-
-        Direct is best. While a direct handshake is still in flight, a relay that can be set up
-        sooner carries the traffic (the earliest possible first path).
-        """
-        if not self.oracle:
-            return
-        direct = self.working_endpoints(peer)
-        relay = self.best_relay() if peer.present and peer.awake else None
-        relay_plane = None if relay is None else ("relay", relay.id)
-        if direct:
-            best: tuple[str, str] | None = ("direct", direct[0])
-        else:
-            best = relay_plane
-        if best == peer.plane and self._plane_works(peer):
-            return
-        self._oracle_gen[peer.key] = generation = self._oracle_gen.get(peer.key, 0) + 1
-        relayed = peer.plane is not None and peer.plane[0] == "relay" and best != peer.plane
-        if relayed and not (direct and self._plane_works(peer)):
-            self._close_session(peer, peer.plane[1], at)  # type: ignore[index]
-        if best is None:
-            self._set_plane(peer, None, at)
-            return
-        if direct and relay is not None and relay.setup_ms() < peer.rtt_ms and not self._plane_works(peer):
-            self._later(at + relay.setup_ms(), "oracle_set", (peer.key, relay_plane, generation))
-        delay = peer.rtt_ms if direct else relay.setup_ms()  # type: ignore[union-attr]
-        self._later(at + delay, "oracle_set", (peer.key, best, generation))
-
-    def _on_oracle_set(self, at: int, payload: tuple[str, tuple[str, str] | None, int]) -> None:
-        key, best, generation = payload
-        peer = self.peers[key]
-        if self._oracle_gen.get(key) != generation:
-            return
-        if peer.plane is not None and peer.plane[0] == "relay" and best != peer.plane:
-            self._close_session(peer, peer.plane[1], at)
-        if best is not None and best[0] == "relay":
-            relay = self.relays[best[1]]
-            if not relay.up:
-                return
-            if key not in relay.sessions:
-                self._sessions += 1
-                relay.sessions[key] = f"{relay.id}-s{self._sessions}"
-                self.load_changes.append((at, 1))
-        self._set_plane(peer, best, at)
 
 
 _HANDLERS: dict[str, Any] = {
@@ -760,4 +443,6 @@ _HANDLERS: dict[str, Any] = {
     "relay_up": SimNetwork._on_relay_up,
     "health": SimNetwork._on_health,
     "oracle_set": SimNetwork._on_oracle_set,
+    "silent": SimNetwork._on_silent,
+    "probe_over": SimNetwork._on_probe_over,
 }

@@ -37,7 +37,8 @@ from hypothesis import strategies as st
 from natrelay.adapters.node import Node
 from natrelay.adapters.sim.nat_model import NAT_TYPES
 from natrelay.adapters.sim.scenario import OutageSpec, PeerSpec, RelaySpec, Scenario
-from natrelay.adapters.sim.simulated_network import REKEY_TIMEOUT_MS, RELAY_DOWN_DETECTION_MS, SimNetwork
+from natrelay.adapters.sim.sim_model import REKEY_TIMEOUT_MS, RELAY_DOWN_DETECTION_MS
+from natrelay.adapters.sim.simulated_network import SimNetwork
 from natrelay.core.policy import Policy
 from natrelay.core.presets import formnet, natrelay
 from natrelay.eventlog import EventLog

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -11,10 +12,21 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from natrelay.adapters.sim.metrics import percentile
+from natrelay.adapters.sim.metrics import beats, percentile
+from natrelay.adapters.sim.nat_model import NAT_TYPES, punch
 from natrelay.adapters.sim.run import run_policy
-from natrelay.adapters.sim.scenario import PeerSpec, RelaySpec, Scenario, load_scenario
-from natrelay.core.presets import preset
+from natrelay.adapters.sim.scenario import (
+    OutageSpec,
+    PeerSpec,
+    RelaySpec,
+    Scenario,
+    builtin_scenarios,
+    load_scenario,
+)
+from natrelay.adapters.sim.simulated_network import SimNetwork
+from natrelay.core.commands import ConnectViaRelay
+from natrelay.core.events import RelaySessionEstablished, RelaySessionFailed
+from natrelay.core.presets import PRESETS, preset
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import verify
 from natrelay.tools.cli.cmd_simulate import register
@@ -117,3 +129,80 @@ def test_simulate_compare_json_through_the_cli(tmp_path: Path) -> None:
         assert 0.0 <= row["connectivity_possible"] <= 1.0
         assert 0.0 <= row["relayed_share_while_direct_possible"] <= 1.0
         assert row["switches_per_peer_hour"] >= 0.0
+
+
+# ----------------------------------------------------------------- issue 13
+
+
+@pytest.mark.parametrize("name", [name for name, _ in builtin_scenarios()])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_no_policy_beats_the_oracle_on_any_metric(name: str, seed: int) -> None:
+    """The oracle is the physical limit: no preset does better on any outcome (costs: see `beats`)."""
+    scenario = load_scenario(name)
+    scenario = scenario.with_overrides(
+        peers=min(scenario.peers, 40), duration_ms=min(scenario.duration_ms, 900_000)
+    )
+    oracle = run_policy(scenario, None, seed=seed)
+    for policy in PRESETS:
+        assert beats(run_policy(scenario, preset(policy), seed=seed), oracle) == []
+
+
+def test_reconnecting_to_the_same_relay_counts_as_connected_and_as_a_switch() -> None:
+    scenario = attrs.evolve(
+        tiny(PeerSpec(name="blocked", nat="udp_blocked", rtt_ms=50), duration_s=900),
+        outages=(OutageSpec("r1", 300_000, 60_000),),
+    )
+    metrics = run_policy(scenario, preset("natrelay"), seed=1)
+    # down 60 s (no path possible then); back within a few seconds of the relay's return
+    assert metrics.connected_time_share > 0.99
+    assert metrics.switches_per_peer_hour == pytest.approx(1 / (900 / 3600))
+    assert metrics.recoveries == 1 and metrics.recovery_p50_s < 1.0
+
+
+def test_a_stale_candidate_does_not_reach_a_peer_behind_our_restricted_cone() -> None:
+    assert not punch(NAT_TYPES["restricted_cone"], NAT_TYPES["full_cone"], "stale").works
+
+
+def test_capacity_is_checked_when_the_session_opens() -> None:
+    peers = [PeerSpec(name=f"p{i}", nat="udp_blocked", rtt_ms=50) for i in range(6)]
+    scenario = attrs.evolve(tiny(*peers, duration_s=120), relays=(RelaySpec("r1", rtt_ms=40, capacity=4),))
+    for policy in ("formnet", "netbird"):
+        metrics = run_policy(scenario, preset(policy), seed=1)
+        assert metrics.peak_relay_load <= 4
+    oracle = run_policy(scenario, None, seed=1)
+    assert oracle.peak_relay_load == 4 and oracle.over_capacity_events == 0
+
+
+def test_no_peer_present_is_no_data_and_json_tells_never_from_missing() -> None:
+    scenario = tiny(duration_s=60)
+    metrics = run_policy(scenario, None, seed=1)
+    assert math.isnan(metrics.connectivity) and math.isnan(metrics.connected_time_share)
+    data = metrics.to_json()
+    assert data["connectivity"] is None and data["recovery_p50_s"] is None
+    blocked = run_policy(tiny(PeerSpec(name="b", nat="udp_blocked")), preset("innernet"), seed=1)
+    assert blocked.to_json()["ttfp_p50_s"] == "inf"
+
+
+def test_a_blackout_probe_darkens_the_live_path_and_the_hitless_one_does_not() -> None:
+    # symmetric against our port-restricted NAT: no direct path, so every upgrade probe fails
+    scenario = tiny(PeerSpec(name="sym", nat="symmetric", rtt_ms=50), duration_s=600)
+    hitless = run_policy(scenario, preset("natrelay"), seed=1)
+    blackout = run_policy(scenario, preset("natrelay"), seed=1, probe_cost="blackout")
+    assert hitless.blackout_share == 0.0
+    assert blackout.blackout_share > 0.001
+    assert blackout.connected_time_share < hitless.connected_time_share
+
+
+def test_the_simulated_relay_refuses_sessions_past_its_capacity_when_they_open() -> None:
+    peers = [PeerSpec(name=f"p{i}", nat="udp_blocked", rtt_ms=50) for i in range(5)]
+    scenario = attrs.evolve(tiny(*peers, duration_s=60), relays=(RelaySpec("r1", rtt_ms=40, capacity=3),))
+    network = SimNetwork(scenario, seed=1)
+    network.poll(0)  # joins, the relay announced
+    for peer in network.peers.values():  # five connects issued while the relay is empty
+        network.execute(ConnectViaRelay(peer=peer.key, relay="r1", deadline=10_000), 0)
+    events = network.poll(5_000)
+    opened = [e for e in events if isinstance(e, RelaySessionEstablished)]
+    refused = [e for e in events if isinstance(e, RelaySessionFailed)]
+    assert len(opened) == 3 and len(network.relays["r1"].sessions) == 3
+    assert [e.reason for e in refused] == ["at capacity", "at capacity"]
+    assert network.over_capacity == 2

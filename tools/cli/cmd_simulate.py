@@ -28,7 +28,8 @@ from rich.table import Table
 from natrelay.adapters.policy_file import load_policy
 from natrelay.adapters.sim.metrics import RunMetrics
 from natrelay.adapters.sim.run import ORACLE, run_policy
-from natrelay.adapters.sim.scenario import Scenario, ScenarioError, load_scenario
+from natrelay.adapters.sim.scenario import Scenario, ScenarioError, builtin_scenarios, load_scenario
+from natrelay.adapters.sim.sim_model import PROBE_COSTS
 from natrelay.core.presets import PRESETS, preset
 
 DEFAULT_SEED = 7
@@ -38,14 +39,19 @@ OUT_DIR = Path("natrelay-sim")
 COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
     ("connected\n(all)", "connectivity", "pct", False),
     ("connected\n(possible)", "connectivity_possible", "pct", False),
+    ("connected\ntime", "connected_time_share", "pct2", False),
     ("ttfp p50", "ttfp_p50_s", "s", True),
     ("ttfp p95", "ttfp_p95_s", "s", True),
     ("ttfp p99", "ttfp_p99_s", "s", True),
     ("to direct\np50", "ttdp_p50_s", "s", True),
     ("to direct\np95", "ttdp_p95_s", "s", True),
     ("relayed while\ndirect existed", "relayed_share_while_direct_possible", "pct3", True),
+    ("recovery\np50", "recovery_p50_s", "s", True),
+    ("recovery\np99", "recovery_p99_s", "s", True),
+    ("blackout", "blackout_share", "pct3", True),
     ("switches /\npeer-hour", "switches_per_peer_hour", "f2", True),
     ("peak relay\nsessions", "peak_relay_load", "int", True),
+    ("over\ncapacity", "over_capacity_events", "int", True),
     ("events", "events_appended", "int", True),
     ("wall", "wall_s", "s1", True),
 )
@@ -58,6 +64,8 @@ def _fmt(value: float, kind: str) -> str:
         return "-"
     if kind == "pct":
         return f"{100 * value:.1f} %"
+    if kind == "pct2":
+        return f"{100 * value:.2f} %"
     if kind == "pct3":
         return f"{100 * value:.3f} %"
     if kind == "s":
@@ -164,7 +172,7 @@ def register(app: typer.Typer) -> None:
         scenario: Annotated[
             str | None,
             typer.Option(
-                "--scenario", help="A .toml/.json file or built-in mesh, matrix, steady (docs/scenarios.md)."
+                "--scenario", help="A .toml/.json file or a built-in (see --list; docs/scenarios.md)."
             ),
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="The seed: same seed, same log.")] = DEFAULT_SEED,
@@ -182,8 +190,27 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("--out", help="Where the log and the plot are written.")
         ] = OUT_DIR,
         plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the PNG.")] = True,
+        probe_cost: Annotated[
+            str,
+            typer.Option(
+                "--probe-cost",
+                help="What a direct probe of a connected peer costs the data plane: hitless (beside "
+                "the live path) or blackout (today's agent: WireGuard points at the candidate).",
+            ),
+        ] = "hitless",
+        list_builtins: Annotated[
+            bool, typer.Option("--list", help="List the built-in scenarios and exit.")
+        ] = False,
     ) -> None:
         """Simulate a WireGuard mesh behind NATs; --compare benchmarks every policy on it."""
+        if list_builtins:
+            for name, description in builtin_scenarios():
+                typer.echo(f"{name:<14} {description}")
+            return
+        if probe_cost not in PROBE_COSTS:
+            raise typer.BadParameter(
+                f"{probe_cost!r}: expected one of {', '.join(PROBE_COSTS)}", param_hint="--probe-cost"
+            )
         try:
             chosen = [preset(name) for name in PRESETS] if compare else [load_policy(policy)]
         except ValueError as exc:  # PolicyFileError too: it names the file and the key
@@ -211,11 +238,13 @@ def register(app: typer.Typer) -> None:
             def advance(ms: int) -> None:
                 progress.advance(task, ms)
 
-            rows.append(run_policy(loaded, None, seed=seed, progress=advance))
+            rows.append(run_policy(loaded, None, seed=seed, progress=advance, probe_cost=probe_cost))
             for item in chosen:
                 progress.update(task, description=item.name)
                 log = str(log_path) if log_path is not None else None
-                rows.append(run_policy(loaded, item, seed=seed, log=log, progress=advance))
+                rows.append(
+                    run_policy(loaded, item, seed=seed, log=log, progress=advance, probe_cost=probe_cost)
+                )
         png = None
         if plot:
             png = write_plot(rows, out_dir / f"{loaded.name}{'-compare' if compare else ''}.png", loaded)
@@ -224,6 +253,8 @@ def register(app: typer.Typer) -> None:
                 "scenario": loaded.name,
                 "source": loaded.source,
                 "seed": seed,
+                "probe_cost": probe_cost,
+                "units": 'seconds; shares are fractions; "inf": never (infinite); null: no data',
                 "peers": loaded.peers + len(loaded.peer_list),
                 "duration_s": loaded.duration_ms / 1000,
                 "policies": [row.to_json() for row in rows],
@@ -236,7 +267,7 @@ def register(app: typer.Typer) -> None:
         count = loaded.peers + len(loaded.peer_list)
         title = (
             f"{loaded.name}: {count} peers, {loaded.duration_ms / 60_000:.0f} simulated min, "
-            f"{vantages} local NAT type{'s' if vantages > 1 else ''}, seed {seed}"
+            f"{vantages} local NAT type{'s' if vantages > 1 else ''}, seed {seed}, {probe_cost} probes"
         )
         out.print(metrics_table(title, rows))
         if loaded.description:

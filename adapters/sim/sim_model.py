@@ -1,0 +1,226 @@
+"""The simulator's world: its timing constants, the peers and relays as they really are, and the accounts.
+
+Owns the values the simulated network (`simulated_network`), its event handlers
+(`sim_handlers`) and the oracle (`sim_oracle`) share: WireGuard's and the
+relays' timing constants, `SimPeer` (a remote peer's true addresses, NAT and
+data plane), `Relay` (its sessions and whether it is up) and `Account` (the
+ground truth of one peer integrated over time, which the metrics read).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+
+from natrelay.adapters.sim.nat_model import NAT_TYPES, NatBehaviour
+from natrelay.adapters.sim.scenario import RelaySpec
+
+#: WireGuard renews a handshake every 2 minutes while traffic flows (REKEY_AFTER_TIME).
+REKEY_AFTER_MS = 120_000
+#: A lost handshake initiation is retried after 5 s (REKEY_TIMEOUT), for up to 90 s.
+REKEY_TIMEOUT_MS = 5_000
+MAX_HANDSHAKE_TRIES = 18
+#: Relays report their health this often.
+HEALTH_EVERY_MS = 30_000
+#: The coordination server withdraws a relay that stopped answering after this long.
+RELAY_DOWN_DETECTION_MS = 15_000
+#: A TURN connect to a dead relay fails after this long.
+RELAY_CONNECT_FAIL_MS = 3_000
+#: The agent's persistent keepalive (agent_config default, 1 s): a live path receives
+#: something every interval, and the agent reports PathSilent after three silent
+#: intervals plus a second of slack (`Agent.silence_limit_ms`).
+KEEPALIVE_MS = 1_000
+PATH_SILENT_MS = 3 * KEEPALIVE_MS + 1_000
+#: What a direct probe of a peer whose path works costs the data plane:
+#: "hitless": the probe goes beside the live path (a second socket or a disco-style ping);
+#: "blackout": today's agent, which points WireGuard at the candidate, so the live path is
+#: dark until the probe answers or its attempt times out.
+PROBE_COSTS = ("hitless", "blackout")
+
+
+def peer_key(seed: int, vantage: int, index: int) -> str:
+    """A deterministic WireGuard-shaped public key for a simulated peer."""
+    digest = hashlib.blake2b(f"{seed}/{vantage}/{index}".encode(), digest_size=32).digest()
+    return base64.b64encode(digest).decode()
+
+
+class Account:
+    """Ground truth and path use of one peer, integrated over time (what the metrics read).
+
+    `working` is the truth of the peer's data plane (its path carries traffic now);
+    `on_plane` says the data plane points somewhere at all. A *switch* is a change
+    of the working path: another endpoint, another relay, or a new session on the
+    same relay after the old one died (a reconnection); a path that resumes after
+    the peer slept, unchanged, is not one. A *recovery* starts when a network change
+    (rebinding, waking on another network, a relay going down or coming back) leaves
+    the peer's path not working; it lasts the time some path existed until the
+    peer's path works again.
+    """
+
+    __slots__ = (
+        "blackout_ms",
+        "connected_possible_ms",
+        "direct_possible",
+        "direct_possible_ms",
+        "first_direct_at",
+        "first_direct_possible_at",
+        "first_join_at",
+        "first_path_at",
+        "last_t",
+        "last_working",
+        "on_plane",
+        "possible",
+        "possible_at_join",
+        "possible_ms",
+        "present",
+        "present_ms",
+        "recoveries",
+        "recovering",
+        "recovery_ms",
+        "relayed",
+        "relayed_ms",
+        "relayed_while_direct_ms",
+        "switches",
+        "working",
+    )
+
+    def __init__(self) -> None:
+        self.last_t = 0
+        self.present = self.possible = self.direct_possible = self.working = self.relayed = False
+        self.on_plane = False
+        self.present_ms = self.possible_ms = self.connected_possible_ms = 0
+        self.direct_possible_ms = self.relayed_while_direct_ms = self.relayed_ms = 0
+        self.blackout_ms = 0
+        self.first_join_at: int | None = None
+        self.first_path_at: int | None = None
+        self.first_direct_at: int | None = None
+        self.first_direct_possible_at: int | None = None
+        self.possible_at_join = False
+        self.switches = 0
+        #: (path, session) the peer's traffic last worked on.
+        self.last_working: tuple[str, ...] | None = None
+        self.recovering = False
+        self.recovery_ms = 0
+        #: Finished recoveries, ms of possible time each; math.inf: never recovered.
+        self.recoveries: list[float] = []
+
+    def advance(self, now: int) -> None:
+        span = now - self.last_t
+        if span > 0:
+            if self.present:
+                self.present_ms += span
+            if self.possible:
+                self.possible_ms += span
+                if self.working:
+                    self.connected_possible_ms += span
+                elif self.on_plane:
+                    self.blackout_ms += span
+                if self.recovering and not self.working:
+                    self.recovery_ms += span
+            if self.direct_possible:
+                self.direct_possible_ms += span
+                if self.relayed:
+                    self.relayed_while_direct_ms += span
+            if self.relayed:
+                self.relayed_ms += span
+        self.last_t = now
+
+    def close(self) -> None:
+        """End of the run: a recovery still open that had a path to recover to never ended."""
+        if self.recovering and self.recovery_ms > 0:
+            self.recoveries.append(math.inf)
+        self.recovering = False
+
+
+class SimPeer:
+    """One remote peer as the simulator knows it (the truth, not what the engine believes)."""
+
+    __slots__ = (
+        "account",
+        "awake",
+        "dedicated_port",
+        "index",
+        "key",
+        "known_reflexive",
+        "lan",
+        "lan_addr",
+        "loss",
+        "name",
+        "nat",
+        "nat_name",
+        "plane",
+        "plane_token",
+        "port",
+        "present",
+        "probe_saved",
+        "public_ip",
+        "rtt_ms",
+        "silence_gen",
+        "stale",
+    )
+
+    def __init__(self, key: str, name: str, index: int) -> None:
+        self.key, self.name, self.index = key, name, index
+        self.nat_name = "port_restricted_cone"
+        self.nat: NatBehaviour = NAT_TYPES[self.nat_name]
+        self.lan = False
+        self.lan_addr = ""
+        self.public_ip = ""
+        self.port = 0
+        self.dedicated_port = 0
+        self.known_reflexive = ""
+        self.stale: str | None = None
+        self.rtt_ms = 50
+        self.loss = 0.0
+        self.present = False
+        self.awake = True
+        #: What the data plane uses: ("direct", endpoint) or ("relay", relay id), or None.
+        self.plane: tuple[str, str] | None = None
+        self.plane_token = 0
+        #: Where the data plane pointed before a blacking-out probe moved it (see PROBE_COSTS).
+        self.probe_saved: tuple[str, str] | None = None
+        #: Bumped when the agent learns of a dead path another way (a TURN error): no PathSilent then.
+        self.silence_gen = 0
+        self.account = Account()
+
+    @property
+    def reflexive(self) -> str:
+        return f"{self.public_ip}:{self.port}"
+
+    @property
+    def dedicated(self) -> str:
+        return f"{self.public_ip}:{self.dedicated_port}"
+
+    def candidates(self) -> tuple[str, ...]:
+        """What the coordination server reports: the reflexive endpoint it saw, then the others."""
+        found = [self.known_reflexive]
+        if self.stale and self.stale not in found:
+            found.append(self.stale)
+        if self.lan_addr not in found:
+            found.append(self.lan_addr)
+        return tuple(found)
+
+
+class Relay:
+    """A relay: where, how fast, how full, and whether it is up."""
+
+    __slots__ = ("capacity", "id", "loss", "region", "reserved", "rtt_ms", "sessions", "up")
+
+    def __init__(self, spec: RelaySpec) -> None:
+        self.id, self.region, self.rtt_ms = spec.id, spec.region, spec.rtt_ms
+        self.capacity, self.loss = spec.capacity, spec.loss
+        self.up = True
+        #: peer key -> session id, established sessions only.
+        self.sessions: dict[str, str] = {}
+        #: Peers the oracle is setting a session up for (for a check, not counted as load:
+        #: like any relay, it counts sessions when they open).
+        self.reserved: set[str] = set()
+
+    def has_room(self, peer: str = "") -> bool:
+        """A session for `peer` fits now (it already holds one, or one is free)."""
+        return peer in self.sessions or len(self.sessions) < self.capacity
+
+    def setup_ms(self) -> int:
+        """TURN allocate, channel bind, first handshake through it: about three round trips."""
+        return 3 * self.rtt_ms

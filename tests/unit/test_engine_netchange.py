@@ -1,0 +1,76 @@
+"""Issue 13 in the engine: acting on change at once, and relay capacity as the engine counts it."""
+
+from __future__ import annotations
+
+from natrelay.core import lifecycle as lc
+from natrelay.core.commands import ConnectViaRelay, TryDirectEndpoint
+from natrelay.core.engine import Engine
+from natrelay.core.events import (
+    CandidatesUpdated,
+    HandshakeObserved,
+    LocalAddressesChanged,
+    PeerAdded,
+    PeerRemoved,
+    RelayAnnounced,
+    RelaySessionEstablished,
+)
+from tests.conftest import make_key, policy
+from tests.unit.test_engine import Driver
+
+P = make_key(1)
+A, NEW = "198.51.100.1:51820", "198.51.100.9:40000"
+
+
+def _direct(d: Driver) -> None:
+    d.feed(PeerAdded(at=0, peer=P, candidates=(A,)))
+    d.feed(HandshakeObserved(at=50, peer=P, endpoint=A))
+    assert d.state() == lc.DIRECT_CONNECTED
+
+
+def test_a_new_candidate_of_a_directly_connected_peer_is_probed_at_once_and_taken() -> None:
+    d = Driver(policy(min_direct_attempts=3))
+    _direct(d)
+    reaction = d.feed(CandidatesUpdated(at=10_000, peer=P, candidates=(NEW,)))
+    probes = [c for c in reaction.commands if isinstance(c, TryDirectEndpoint)]
+    assert [c.endpoint for c in probes] == [NEW] or NEW in [c.endpoint for c in probes]
+    assert all(c.purpose == "upgrade_probe" for c in probes)
+    assert d.state() == lc.DIRECT_CONNECTED  # the live path stays while the probe is out
+    d.feed(HandshakeObserved(at=10_060, peer=P, endpoint=NEW))
+    assert d.engine.peers[P].path == NEW
+
+
+def test_a_change_of_our_own_addresses_reprobes_a_connected_peer() -> None:
+    d = Driver(policy(min_direct_attempts=3))
+    _direct(d)
+    reaction = d.feed(LocalAddressesChanged(at=20_000, addresses=("203.0.113.5:51820",)))
+    assert any(isinstance(c, TryDirectEndpoint) for c in reaction.commands)
+    # a failed probe leaves the live path alone and does not keep probing
+    d.until(30_000)
+    assert d.state() == lc.DIRECT_CONNECTED and d.engine.peers[P].next_probe_at is None
+
+
+def test_no_more_peers_are_sent_to_a_relay_than_its_capacity() -> None:
+    d = Driver(policy(min_direct_attempts=0))
+    d.feed(RelayAnnounced(at=0, relay="small", region="eu", capacity=2))
+    keys = [make_key(10 + i) for i in range(4)]
+    sent = []
+    for key in keys:
+        reaction = d.feed(PeerAdded(at=0, peer=key, candidates=(A,)))
+        sent += [c.peer for c in reaction.commands if isinstance(c, ConnectViaRelay)]
+    assert len(sent) == 2, "connects in flight count against the capacity"
+    d.feed(RelaySessionEstablished(at=100, peer=sent[0], relay="small", session="s1"))
+    assert d.engine.relay_held == {"small": 2}
+    rebuilt = Engine.from_state(d.engine.state())
+    assert rebuilt.relay_held == {"small": 2}
+
+
+def test_a_peer_waiting_for_a_full_relay_takes_the_slot_the_moment_it_frees() -> None:
+    d = Driver(policy(min_direct_attempts=0))
+    d.feed(RelayAnnounced(at=0, relay="one", region="eu", capacity=1))
+    first, second = make_key(20), make_key(21)
+    d.feed(PeerAdded(at=0, peer=first, candidates=(A,)))
+    reaction = d.feed(PeerAdded(at=0, peer=second, candidates=(A,)))
+    assert "relay_unavailable" in [e.TYPE for e in reaction.decisions]
+    d.feed(RelaySessionEstablished(at=100, peer=first, relay="one", session="s1"))
+    reaction = d.feed(PeerRemoved(at=1_000, peer=first))
+    assert ConnectViaRelay(peer=second, relay="one", deadline=6_000) in reaction.commands
