@@ -20,7 +20,8 @@ from hypothesis import Verbosity
 from hypothesis.errors import Flaky, FlakyFailure
 
 from natrelay.tools.fuzz.harness import InvariantViolation
-from natrelay.tools.fuzz.machine import NatrelayMachine, find_failure
+from natrelay.tools.fuzz.machine import NatrelayMachine
+from natrelay.tools.fuzz.runner import find_failure
 
 from .conftest import PROFILE
 from .mutants import MUTANTS, MutationMachine
