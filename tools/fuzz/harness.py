@@ -15,15 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from natrelay.adapters.node import Node
 from natrelay.core import codec
 from natrelay.core import lifecycle as lc
+from natrelay.core.engine import Engine
 from natrelay.core.events import Event
 from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import node_view, rebuild, verify
 
-from .shadow import ReplayShadow
+from .shadow import DecisionFollower, ReplayShadow, engine_facts
 from .steps import (
     ENDPOINTS,
     NODE,
@@ -90,6 +93,8 @@ class Harness:
         self.restored = False
         #: The reaction to the latest step's observations (for step-level checks).
         self.last_ticks: list[tuple[int, int]] = []
+        #: Engines restored at the latest snapshots, following the live node's decisions.
+        self.followers: list[DecisionFollower] = []
 
     def _clock(self) -> int:
         # Recorded time follows the scenario's clock, so a log is a pure function of its steps.
@@ -123,11 +128,32 @@ class Harness:
             self.node.snapshot()
             self.snapshots += 1
             self.restored = True
+            self._follow_restores()
         elif op == "restart":
+            live = self.engine
             self.restart()
             self.restored = True
+            self._compare_restored(live, self.engine, "a restart (snapshot plus tail)")
         else:
             raise ValueError(f"unknown step {op!r}")
+
+    def _compare_restored(self, live: Engine, restored: Engine, how: str) -> None:
+        left, right = engine_facts(restored), engine_facts(live)
+        if left != right:
+            _fail("replay.restored_engine_equals_live", f"{how}: " + _diff(left, right, "restored", "live"))
+
+    def _follow_restores(self) -> None:
+        """Restore the engine two ways at this seq; both must decide like the live node from now on."""
+        live, seq = self.engine, self.node.last_seq
+        restored = Engine.from_state(orjson.loads(orjson.dumps(live.state())))
+        self._compare_restored(live, restored, "Engine.from_state(state())")
+        tail, _ = rebuild(self.log, NODE, use_snapshot=True)
+        self._compare_restored(live, tail, "snapshot plus tail")
+        self.followers = [
+            *self.followers[-2:],
+            DecisionFollower(restored, seq, "Engine.from_state(state())"),
+            DecisionFollower(tail, seq, "snapshot plus tail"),
+        ]
 
     def _observe(self, event: Event) -> None:
         kind = event.TYPE
@@ -168,8 +194,12 @@ class Harness:
         watcher = self.watcher
         for seq, event in watcher.catch_up(self.log):
             self.shadow.feed(seq, event)
-        watcher.flush_observation()
+            for follower in self.followers:
+                follower.feed(seq, event)
+        watcher.settle()
         self.shadow.settle()
+        for follower in self.followers:
+            follower.settle()
         self._check_ticks()
         self.checks += 1
         live = self.engine.state()
@@ -185,6 +215,7 @@ class Harness:
             self._check_full_replays(live)
         for key in sorted(watcher.peers):
             self._check_peer(key, watcher.peers[key])
+        watcher.oracle.check_wakeup(self.node.next_wakeup(), self.engine.now)
 
     def finish(self) -> None:
         """The end of a scenario: every invariant, with the full replays from seq 0."""

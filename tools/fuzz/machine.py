@@ -50,7 +50,12 @@ times_ms = st.sampled_from([1, 10, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 6
 
 @st.composite
 def policies(draw: st.DrawFn) -> Policy:
-    """Policies that keep the interesting thresholds small and the timers close together."""
+    """The whole policy space, each field drawn, thresholds small and timers close together.
+
+    Every field the engine decides with is drawn (hysteresis, backoff, the direct
+    cache's size and age, staleness, probing, weights), so that a restore that
+    ignores a non-default setting, or a rule only wrong off its default, is reachable.
+    """
     return Policy(
         mode=draw(st.sampled_from(["direct_first", "relay_first"])),
         relays_enabled=draw(st.booleans().map(lambda b: b or True) | st.just(False)),
@@ -58,15 +63,26 @@ def policies(draw: st.DrawFn) -> Policy:
         step_interval_ms=draw(st.sampled_from([100, 500])),
         attempt_timeout_ms=draw(st.sampled_from([300, 1_000])),
         parallel_endpoints=draw(st.integers(1, 3)),
+        backoff_factor=draw(st.sampled_from([1.0, 2.0, 3.0])),
         backoff_cap_ms=draw(st.sampled_from([2_000, 30_000])),
+        backoff_jitter=draw(st.sampled_from([0.0, 0.1, 0.5])),
         handshake_freshness_ms=draw(st.sampled_from([20_000, 180_000])),
         relay_connect_timeout_ms=draw(st.sampled_from([1_000, 5_000])),
         relay_retry_ms=draw(st.sampled_from([2_000, 10_000])),
         upgrade_enabled=draw(st.booleans().map(lambda b: b or True) | st.just(False)),
         upgrade_probe_interval_ms=draw(st.sampled_from([500, 2_000])),
+        upgrade_probe_on_relay=draw(st.booleans()),
+        upgrade_probe_backoff=draw(st.sampled_from([1.0, 2.0])),
         upgrade_probe_cap_ms=draw(st.sampled_from([4_000, 60_000])),
-        switch_hysteresis_ms=draw(st.sampled_from([0, 10_000])),
+        upgrade_probe_slow_after=draw(st.sampled_from([0, 0, 2])),
+        private_candidates_first=draw(st.booleans()),
+        switch_hysteresis_ms=draw(st.sampled_from([0, 3_000, 10_000])),
+        weights=draw(st.sampled_from([{}, {"latency": 0.6, "load": 0.1, "reliability": 0.1}])),
         max_relay_load=draw(st.sampled_from([50, 80])),
+        required_capabilities=draw(st.sampled_from([0, 0, 5])),
+        relay_stale_after_ms=draw(st.sampled_from([30_000, 3_600_000])),
+        direct_cache_size=draw(st.sampled_from([1, 2, 5])),
+        direct_cache_max_age_ms=draw(st.sampled_from([5_000, 60_000, 7 * 86_400_000])),
     )
 
 
@@ -346,6 +362,16 @@ class NatrelayMachine(RuleBasedStateMachine):
             if (tried.peer, tried.endpoint) in self.answering and tried.deadline > self.now:
                 self._observe(E.HandshakeObserved(at=self.now, peer=tried.peer, endpoint=tried.endpoint))
                 self.h.check()
+
+    @rule(nat=st.sampled_from(E.NAT_TYPES))
+    def nat_observed(self, nat: str) -> None:
+        """The agent measured this node's NAT (a fact for statistics, and for restore to keep)."""
+        self._observe(E.NatObserved(at=self.now, nat_type=nat))
+
+    @rule(peer=peer_index, silent=st.sampled_from([3_000, 75_000]))
+    def path_goes_silent(self, peer: int, silent: int) -> None:
+        """The transfer counters of a peer's path stood still: the path is lost (rejected if none)."""
+        self._observe(E.PathSilent(at=self.now, peer=PEERS[peer], silent_ms=silent))
 
     @rule()
     def step_requested(self) -> None:

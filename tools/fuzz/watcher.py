@@ -19,6 +19,7 @@ from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import node_view
 
+from .oracle import DecisionOracle
 from .steps import NODE, _fail
 
 
@@ -68,6 +69,13 @@ class LogWatcher:
         self._observation: Event | None = None
         self._pending_observation: tuple[int, Event] | None = None
         self._rejected = False
+        #: The independent decision oracle (relay ranking, cache order, backoff, hysteresis).
+        self.oracle = DecisionOracle(policy)
+
+    def settle(self) -> None:
+        """The log's last batch is complete: apply its observation and check the batch."""
+        self.flush_observation()
+        self.oracle.batch_done(self.last_seq + 1)
 
     def catch_up(self, log: EventLog) -> list[tuple[int, Event]]:
         """Fold the rows appended since the last call; return the node's (seq, event) among them."""
@@ -96,6 +104,7 @@ class LogWatcher:
         self.now = max(self.now, event.at)
         if event.KIND == "observation":
             self.flush_observation()
+            self.oracle.batch_done(seq)
             self._observation = event
             self._rejected = False
             self._pending_observation = (seq, event)
@@ -123,6 +132,7 @@ class LogWatcher:
         return self.peers[peer]
 
     def _apply_observation(self, seq: int, event: Event) -> None:
+        self.oracle.observed(seq, event)
         kind = event.TYPE
         if kind == "policy_set":
             self.policy = event.policy  # type: ignore[attr-defined]
@@ -191,7 +201,9 @@ class LogWatcher:
             self._check_relay_choice(seq, event, facts)
         if kind == "direct_path_selected" and facts.access == "relay_only":
             _fail("policy.relay_only_never_direct", f"seq {seq}: a relay-only peer got a direct path")
+        before = facts.model.state
         self._trigger(seq, event, facts)
+        self.oracle.decided(seq, event, before, facts.model.state)
         if kind == "direct_round_failed" and event.purpose == "connect":  # type: ignore[attr-defined]
             facts.failed_rounds += 1
         elif kind in ("direct_path_selected", "path_upgraded"):
