@@ -45,4 +45,5 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
 python3 -m ruff check .
+PYTHON=python3 bash tools/lint_imports.sh
 python3 -m pytest "$@"
