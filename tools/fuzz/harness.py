@@ -242,7 +242,8 @@ class Harness:
             for index, row in enumerate(rows):
                 if row.type == "tick":
                     following = rows[index + 1] if index + 1 < len(rows) else None
-                    if following is None or following.type in _OBSERVATION_TYPES:
+                    idle = following is None or following.type in _OBSERVATION_TYPES
+                    if idle and not self.watcher.oracle.cache_aged_out_by(row.at):
                         _fail(
                             "timers.no_idle_wakeups",
                             f"seq {row.seq}: the engine asked to be woken at {row.at} and then "

@@ -373,6 +373,39 @@ class NatrelayMachine(RuleBasedStateMachine):
         """The transfer counters of a peer's path stood still: the path is lost (rejected if none)."""
         self._observe(E.PathSilent(at=self.now, peer=PEERS[peer], silent_ms=silent))
 
+    @rule(
+        peer=peer_index,
+        endpoint=st.sampled_from(ENDPOINTS),
+        back_after=st.sampled_from([0, 1_000, 5_000, 20_000]),
+    )
+    def direct_path_dies_and_returns(self, peer: int, endpoint: str, back_after: int) -> None:
+        """A direct path answers, goes silent, the network runs, and the endpoint answers again.
+
+        The flapping path the switch hysteresis is for: the return lands at a drawn
+        time after the loss, before or after the hysteresis has passed.
+        """
+        key = PEERS[peer]
+        self._observe(E.HandshakeObserved(at=self.now, peer=key, endpoint=endpoint))
+        self.h.check()
+        self._observe(E.PathSilent(at=self.now, peer=key, silent_ms=3_000))
+        self.h.check()
+        self.network_runs(2)
+        if back_after:
+            self.h.run({"op": "advance", "by": back_after})
+            self.h.check()
+        self._observe(E.HandshakeObserved(at=self.now, peer=key, endpoint=endpoint))
+
+    @rule(peer=peer_index)
+    def peer_leaves_and_returns(self, peer: int) -> None:
+        """A peer is removed and added again as it was: its relay track record must still lead."""
+        key = PEERS[peer]
+        record = self.h.engine.peers.get(key)
+        candidates = () if record is None else record.candidates
+        access = "auto" if record is None else record.access
+        self._observe(E.PeerRemoved(at=self.now, peer=key))
+        self.h.check()
+        self._observe(E.PeerAdded(at=self.now, peer=key, candidates=candidates, access=access))
+
     @rule()
     def step_requested(self) -> None:
         self._observe(E.StepRequested(at=self.now))

@@ -50,6 +50,8 @@ PENDING, TRYING, ELIGIBLE = "pending", "direct_trying", "relay_eligible"
 RELAYED, DIRECT, REMOVED = "relay_connected", "direct_connected", "removed"
 #: How many ranked relays a relay_chosen decision records.
 RANKING_KEPT = 8
+#: Scores are rounded to 6 places; the same sum computed in another order may round 1e-6 apart.
+SCORE_TOLERANCE = 2e-6
 
 
 def unit_jitter(peer: str, attempt: int) -> float:
@@ -317,7 +319,7 @@ class DecisionOracle:
         got = [(s.relay, s.score) for s in e.ranking]
         want = expected[:RANKING_KEPT]
         if [r for r, _ in got] == [r for r, _ in want] and all(
-            abs(a - b) <= 1e-6 for (_, a), (_, b) in zip(got, want, strict=True)
+            abs(a - b) <= SCORE_TOLERANCE for (_, a), (_, b) in zip(got, want, strict=True)
         ):
             if e.relay != want[0][0]:
                 _fail("relay.ranking_recomputed", f"seq {seq}: chose {e.relay}, ranked best is {want[0][0]}")
@@ -394,6 +396,21 @@ class DecisionOracle:
                     f"before seq {seq}: peer {key[:8]} has {peer.failed} failed rounds "
                     f"(threshold {policy.min_direct_attempts}) and still only tries direct",
                 )
+
+    def cache_aged_out_by(self, now: int) -> bool:
+        """Some peer's only endpoints were cached ones that aged out before `now`.
+
+        The engine's wake-up for such a peer was computed while the entry was still
+        young and is not moved when it ages out, so it wakes once for nothing (a known
+        gap, docs/fuzzing.md "Found by the oracle fuzz"); `timers.no_idle_wakeups`
+        forgives exactly that case.
+        """
+        limit = now - self.policy.direct_cache_max_age_ms
+        for peer in self.peers.values():
+            waiting = peer.state in (TRYING, ELIGIBLE, RELAYED) and not peer.candidates
+            if waiting and any(at < limit for _, at, _ in peer.cache) and not self.cached(peer, now):
+                return True
+        return False
 
     def round_due(self, key: str, now: int) -> int | None:
         """When the peer's next connect round is due, or None if none should be scheduled."""

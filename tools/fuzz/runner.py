@@ -97,15 +97,20 @@ def find_failure(
     database: Any = None,
     on_example: Callable[[], None] | None = None,
     verbosity: Verbosity = Verbosity.normal,
+    shrink: bool = True,
 ) -> tuple[int, BaseException | None, Scenario | None]:
-    """Run the machine; return (examples run, the error, the shrunk scenario) or no error."""
+    """Run the machine; return (examples run, the error, the shrunk scenario) or no error.
+
+    `shrink=False` stops at the first failing scenario as found (a catch, not a minimal one).
+    """
     options: dict[str, Any] = {
         "max_examples": max_examples,
         "stateful_step_count": step_count,
         "deadline": None,
         "database": database,
         "suppress_health_check": list(HealthCheck),
-        "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+        "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+        + ([Phase.shrink] if shrink else []),
         "print_blob": False,
         "verbosity": verbosity,
     }

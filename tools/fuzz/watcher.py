@@ -158,7 +158,10 @@ class LogWatcher:
             facts = self._facts(event.peer)  # type: ignore[attr-defined]
             endpoint, relay = event.endpoint, event.relay  # type: ignore[attr-defined]
             if endpoint is not None:
-                facts.direct_seen = (endpoint, event.at)
+                # The engine keeps the newest direct answer by time; an older-stamped answer on
+                # another endpoint is shadowed (docs/fuzzing.md, "Found by the oracle fuzz").
+                if facts.direct_seen is None or event.at >= facts.direct_seen[1]:
+                    facts.direct_seen = (endpoint, event.at)
                 if facts.access != "relay_only":  # a relay-only peer ignores it, rightly
                     facts.direct_seen_seq = seq
                 if facts.model.state == lc.DIRECT_CONNECTED and facts.path == endpoint:
