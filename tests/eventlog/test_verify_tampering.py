@@ -19,8 +19,7 @@ import pytest
 from natrelay.core import events as E
 from natrelay.core.engine import Engine
 from natrelay.core.policy import Policy
-from natrelay.eventlog import EventLog
-from natrelay.eventlog.replay import verify
+from natrelay.eventlog import EventLog, replay
 
 from .helpers import public_key
 
@@ -61,7 +60,7 @@ def seq_of(batches: list[Batch], batch: int, index: int) -> int:
 def test_the_honest_log_verifies_and_has_what_the_lies_need(log: EventLog) -> None:
     batches = honest_batches()
     record(log, batches)
-    result = verify(log, NODE)
+    result = replay.verify(log, NODE)
     assert result.ok, result.divergence
     assert [d.TYPE for d in batches[-1][1:]] == [
         "direct_attempt_started",
@@ -76,7 +75,7 @@ def _lie(log: EventLog, tell: Callable[[list[Batch]], int]) -> tuple[int, str]:
     batches = honest_batches()
     expected_seq = tell(batches)
     record(log, batches)
-    result = verify(log, NODE)
+    result = replay.verify(log, NODE)
     assert not result.ok, "verify passed a log that lies"
     assert result.divergence is not None
     assert result.divergence.seq == expected_seq, result.divergence

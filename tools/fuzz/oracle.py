@@ -259,6 +259,13 @@ class DecisionOracle:
             self._check_ranking(seq, e, peer)
         elif kind == "relay_unavailable":
             found = self.ranking(peer, e.at)
+            at_max = [r for r, _ in found if self.relays[r].load == self.policy.max_relay_load]
+            if at_max:
+                _fail(
+                    "relay.at_max_load_stays_usable",
+                    f"seq {seq}: no usable relay, says the engine; {at_max[0]} is at exactly "
+                    f"max_relay_load={self.policy.max_relay_load}",
+                )
             if found:
                 _fail(
                     "relay.ranking_recomputed",
