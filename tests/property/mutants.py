@@ -188,28 +188,39 @@ def _recompiled(target: str, old: str, new: str) -> tuple[Any, str, Any, Any]:
 
 @contextmanager
 def source_mutant(*edits: tuple[str, str, str]) -> Iterator[None]:
-    """Patch in each (target, old snippet, new snippet) edit for the duration of the block."""
+    """Patch in each (target, old snippet, new snippet) edit for the duration of the block.
+
+    The recompiled function replaces the original wherever natrelay holds it: on its
+    owner, under other names in other modules (`from .schedule import upgrade_ready_at`),
+    as a class attribute alias (`Engine._upgrade_ready_at = schedule.upgrade_ready_at`)
+    and in dispatch tables (the fold and reaction dicts).
+    """
     with pytest.MonkeyPatch.context() as patch:
         for target, old, new in edits:
             owner, name, function, made = _recompiled(target, old, new)
             patch.setattr(owner, name, made)
             plain = made.__func__ if isinstance(made, classmethod | staticmethod) else made
-            for table in _dispatch_tables(function):
-                for key, value in list(table.items()):
-                    if value is function:
-                        patch.setitem(table, key, plain)
+            for holder, key, is_dict in _holders(function):
+                if is_dict:
+                    patch.setitem(holder, key, plain)
+                elif holder is not owner or key != name:
+                    patch.setattr(holder, key, plain)
         yield
 
 
-def _dispatch_tables(function: Any) -> list[dict[Any, Any]]:
-    """Module-level dicts that hold `function` (the engine's fold and reaction tables)."""
-    found = []
+def _holders(function: Any) -> list[tuple[Any, Any, bool]]:
+    """Every natrelay module, class and module-level dict that holds `function`."""
+    found: list[tuple[Any, Any, bool]] = []
     for module in list(sys.modules.values()):
         if not getattr(module, "__name__", "").startswith("natrelay."):
             continue
-        for value in vars(module).values():
-            if type(value) is dict and any(v is function for v in value.values()):
-                found.append(value)
+        for attribute, value in list(vars(module).items()):
+            if value is function:
+                found.append((module, attribute, False))
+            elif type(value) is dict:
+                found.extend((value, k, True) for k, v in list(value.items()) if v is function)
+            elif isinstance(value, type) and value.__module__ == module.__name__:
+                found.extend((value, a, False) for a, v in list(vars(value).items()) if v is function)
     return found
 
 
@@ -224,7 +235,7 @@ _ENGINE = "natrelay.core.engine:Engine"
 SOURCE_MUTANTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "relay_threshold_one_round_late": (
         (
-            f"{_ENGINE}._step",
+            "natrelay.core.stepping:step",
             "if failed >= policy.min_direct_attempts and",
             "if failed > policy.min_direct_attempts and",
         ),
@@ -245,16 +256,16 @@ SOURCE_MUTANTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     ),
     "upgrade_ignores_hysteresis": (
         (
-            f"{_ENGINE}._upgrade_ready_at",
-            "return max(seen_at, record.lost_at + self.policy.switch_hysteresis_ms)",
+            "natrelay.core.schedule:upgrade_ready_at",
+            "return max(seen_at, record.lost_at + state.policy.switch_hysteresis_ms)",
             "return seen_at",
         ),
     ),
     "hysteresis_read_in_seconds": (
         (
-            f"{_ENGINE}._upgrade_ready_at",
-            "record.lost_at + self.policy.switch_hysteresis_ms)",
-            "record.lost_at + self.policy.switch_hysteresis_ms // 1000)",
+            "natrelay.core.schedule:upgrade_ready_at",
+            "record.lost_at + state.policy.switch_hysteresis_ms)",
+            "record.lost_at + state.policy.switch_hysteresis_ms // 1000)",
         ),
     ),
     # (a) the snapshot leaves out one engine field: a restored engine reports the NAT unknown
@@ -280,7 +291,11 @@ SOURCE_MUTANTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     ),
     # (d) every direct-round backoff gap doubled: off by one in the call of the gap function
     "backoff_gap_doubled": (
-        (f"{_ENGINE}._fold_round_failed", "round_gap_ms(failed - 1, jitter)", "round_gap_ms(failed, jitter)"),
+        (
+            "natrelay.core.evolve:fold_round_failed",
+            "round_gap_ms(failed - 1, jitter)",
+            "round_gap_ms(failed, jitter)",
+        ),
     ),
     # (e) relays that carried the peer before ranked least successful first
     "worked_before_least_successful_first": (
@@ -346,7 +361,8 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "live_only_direct_sighting": Mutant(live_only_direct_sighting, "replay.rebuild_equals_live"),
     "snapshot_drops_relay_track_record": Mutant(
-        snapshot_drops_relay_track_record, "replay.snapshot_plus_tail_equals_full"
+        snapshot_drops_relay_track_record,
+        ("replay.snapshot_plus_tail_equals_full", "replay.restored_engine_equals_live"),
     ),
     "tie_break_by_dict_order": Mutant(tie_break_by_dict_order, "relay.ranked_by_score_then_id"),
     # Object identity differs from run to run, so besides the ranking invariant the same
