@@ -58,7 +58,10 @@ def test_a_peer_with_nothing_to_try_does_not_wake_the_engine_every_millisecond(t
         {"op": "advance", "by": 1},
         {"op": "advance", "by": 5_000},
     )
-    assert harness.engine.next_deadline() is None or harness.engine.next_deadline() > 1
+    # relay-first, no relay: relay_unavailable at 0 (retry at 2000); nothing at 1; the retry is
+    # overdue at 5001, relay_unavailable again, so the next wake-up is 5001 + relay_retry_ms
+    assert harness.engine.next_deadline() == 5_001 + 2_000
+    assert [row.type for row in harness.log.read()].count("relay_unavailable") == 2
 
 
 def test_a_second_snapshot_at_the_same_seq_is_not_an_error(tmp_path: Path) -> None:
