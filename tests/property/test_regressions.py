@@ -13,7 +13,7 @@ import pytest
 from natrelay.core import events as E
 from natrelay.core import lifecycle as lc
 from natrelay.core.policy import Policy
-from natrelay.tools.fuzz.harness import PEERS, Harness
+from natrelay.tools.fuzz.harness import PEERS, Harness, InvariantViolation
 
 PEER = PEERS[0]
 ENDPOINT = "10.0.0.1:51820"
@@ -130,3 +130,24 @@ def test_an_answer_on_another_endpoint_upgrades_despite_the_hysteresis_of_the_lo
     )
     record = harness.engine.peers[PEER]
     assert (record.state, record.path) == (lc.DIRECT_CONNECTED, "10.0.0.2:51820")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="engine gap found by the deep oracle fuzz (docs/fuzzing.md): a restored engine clamps "
+    "an overdue timer to now + 1, the live one keeps it; the Tick at now advances only the live one",
+)
+def test_a_restored_engine_takes_an_overdue_round_at_the_same_tick_as_the_live_one(tmp_path: Path) -> None:
+    _checked(
+        Harness(
+            tmp_path,
+            Policy(mode="direct_first", min_direct_attempts=0, step_interval_ms=100, attempt_timeout_ms=300),
+        ),
+        E.PeerAdded(at=0, peer=PEER, candidates=(ENDPOINT,)),
+        E.DirectAttemptTimedOut(at=0, peer=PEER, endpoint=ENDPOINT, attempt=1),
+        # rejected (no open attempt), but it moves the engine's clock past the next round's time
+        E.DirectAttemptTimedOut(at=300, peer=PEER, endpoint=ENDPOINT, attempt=1),
+        {"op": "snapshot"},
+        {"op": "advance", "by": 0},
+    )
