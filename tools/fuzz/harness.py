@@ -283,7 +283,12 @@ class Harness:
         fresh_path = (
             facts.path_fresh_at is not None and facts.path_fresh_at + policy.handshake_freshness_ms > now
         )
-        if state in lc.CONNECTED_STATES and not fresh_path:
+        # Stale by the clock is allowed only until the Tick the engine asked for: another
+        # peer's observation may move the clock past the expiry before that Tick comes.
+        expiry = None if facts.path_fresh_at is None else facts.path_fresh_at + policy.handshake_freshness_ms
+        deadline = engine.next_deadline()
+        awaited = expiry is not None and deadline is not None and deadline <= expiry
+        if state in lc.CONNECTED_STATES and not fresh_path and not awaited:
             _fail(
                 "paths.connected_only_while_fresh",
                 f"peer {key[:8]} is {state} on {facts.path} but its latest handshake there is from "
