@@ -29,6 +29,9 @@ from pathlib import Path
 #: The fast tests each mutant runs against (seconds each, no PostgreSQL, fixed Hypothesis seed).
 FAST_TESTS = {
     "core": [
+        "tests/unit/test_mutation_survivors.py",
+        "tests/unit/test_values.py",
+        "tests/unit/test_codec.py",
         "tests/unit/test_projections.py",
         "tests/unit/test_engine.py",
         "tests/unit/test_decider.py",
