@@ -17,10 +17,11 @@ from natrelay.core.events import (
     RelayAnnounced,
     RelaySessionClosed,
     RelaySessionEstablished,
+    RelayWithdrawn,
     Tick,
 )
 from natrelay.core.policy import Policy
-from natrelay.core.presets import formnet, tailscale
+from natrelay.core.presets import formnet, innernet, tailscale
 from tests.conftest import make_key
 
 P = make_key(1)
@@ -40,10 +41,11 @@ def test_a_public_key_must_be_exactly_44_characters() -> None:
     # mutant values.py `len(value) != 44` -> `> 44`; `canonical != value` -> `>`
     assert values.public_key_problem(P) is None
     assert values.public_key_problem(P[:40]) is not None
-    # endpoint_problem `canonical != value` -> `>`: a non-canonical form sorting before its
-    # canonical one ("[2001:0db8::1]" < "[2001:db8::1]") must still be refused
+    # endpoint_problem `canonical != value` -> `>`: non-canonical forms sorting before and
+    # after their canonical one must both be refused
     assert values.endpoint_problem("[2001:db8::1]:51820") is None
     assert values.endpoint_problem("[2001:0db8::1]:51820") is not None
+    assert values.endpoint_problem("10.0.0.1:51820 ") is not None
 
 
 @pytest.mark.parametrize("session", ["s1", "s9"])
@@ -55,10 +57,19 @@ def test_closing_a_session_the_peer_does_not_use_is_rejected(session: str) -> No
     assert engine.peers[P].state == "relay_connected"
 
 
-def test_a_relay_handshake_refreshes_only_the_relay_in_use() -> None:
-    # mutants decide.py / evolve.py: `record.path == event.relay` -> `<=`, `state ==` -> `>=`
+def test_withdrawing_another_relay_leaves_a_relayed_peer_alone() -> None:
+    # mutant decide.py (react_relay_withdrawn) `record.path == event.relay` -> `<=`
     engine = _relayed()
-    engine.handle(HandshakeObserved(at=50_000, peer=P, relay="relay-a"))  # "relay-a" <= "relay-b"
+    engine.handle(RelayAnnounced(at=20, relay="relay-c", region="eu"))
+    decided = engine.handle(RelayWithdrawn(at=30, relay="relay-c"))  # "relay-b" <= "relay-c"
+    assert decided.decisions == ()
+    assert engine.peers[P].state == "relay_connected"
+
+
+def test_a_relay_handshake_refreshes_only_the_relay_in_use() -> None:
+    engine = _relayed()
+    engine.handle(HandshakeObserved(at=50_000, peer=P, relay="relay-a"))
+    engine.handle(HandshakeObserved(at=50_000, peer=P, relay="relay-c"))
     assert engine.peers[P].last_handshake_at == 10
     engine.handle(HandshakeObserved(at=60_000, peer=P, relay="relay-b"))
     assert engine.peers[P].last_handshake_at == 60_000
@@ -116,4 +127,5 @@ def test_an_announcement_valid_for_more_than_24_hours_is_rejected() -> None:
 def test_the_anchor_presets_keep_their_documented_values() -> None:
     # mutants presets.py: formnet tries one candidate per step; tailscale re-probes once a minute
     assert formnet().parallel_endpoints == 1
+    assert innernet().parallel_endpoints == 1
     assert tailscale().upgrade_probe_cap_ms == 60_000
