@@ -171,3 +171,33 @@ def test_an_observation_without_decisions_gone(log: EventLog) -> None:
 
     _, message = _lie(log, tell)
     assert "relay_chosen" in message
+
+
+def test_a_cut_past_the_end_still_checks_the_last_batch(log: EventLog) -> None:
+    # mutant (cosmic-ray) replay.py `until_seq >= log.last_seq()` -> `==`
+    batches = honest_batches()
+    batches[-1].pop()
+    record(log, batches)
+    result = replay.verify(log, NODE, until_seq=log.last_seq() + 10)
+    assert not result.ok
+    assert result.divergence is not None and result.divergence.seq == seq_of(batches, len(batches) - 1, 0)
+
+
+def test_an_earlier_snapshot_is_saved_beside_a_later_one(log: EventLog) -> None:
+    # mutant (cosmic-ray) log.py: the existing-snapshot lookup `seq == seq` -> `seq >= seq`
+    record(log, honest_batches())
+    log.save_snapshot("engine:n1", 9, b'{"later": true}')
+    log.save_snapshot("engine:n1", 5, b'{"earlier": true}')
+    found = log.load_snapshot("engine:n1", 6)
+    assert found is not None and (found.seq, found.state) == (5, b'{"earlier": true}')
+
+
+def test_the_default_recorded_time_is_wall_clock_milliseconds() -> None:
+    # mutant (cosmic-ray) log.py `time_ns() // 1_000_000` -> `+ 1_000_000`
+    import time
+
+    from natrelay.eventlog.log import wall_clock_ms
+
+    before = time.time() * 1000
+    now = wall_clock_ms()
+    assert before - 1_000 <= now <= time.time() * 1000 + 1_000
