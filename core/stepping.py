@@ -249,8 +249,8 @@ def step_relay(engine: Engine, record: PeerRecord) -> bool:
     # a relay announced just now makes the retry due whatever relay_retry_at says (decide.py)
     if key not in engine._retry_relays_now and (retry_at is None or retry_at > now):
         return False
-    # The announcement makes one retry due, not every step: consumed by the decision below
-    # (without this, a peer with no usable relay decided relay_unavailable until the loop guard).
+    # The announcement's "retry now" is used once: the decision below folds a new
+    # relay_retry_at, and the next step must read that (or the peer never settles).
     engine._retry_relays_now.discard(key)
     ranking = engine.relay_ranking(record)
     if not ranking:

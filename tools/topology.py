@@ -34,100 +34,42 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
 
 import attrs
 
-NatKind = Literal["preserving", "symmetric", "none"]
-
-INTERNET_NET = "203.0.113"
-TUNNEL_NET = "10.77.0"
-TURN_PORT = 3478
-WG_PORT = 51820
-TURN_REALM = "natrelay.test"
-STATE_DIR = Path("/run/natrelay-topology")
-REQUIRED_TOOLS = ("ip", "iptables", "conntrack", "wg", "wireguard-go", "turnserver")
-
-
-class TopologyError(RuntimeError):
-    """A namespace command failed, or a prerequisite is missing."""
-
-
-def missing_prerequisites(tools: Sequence[str] = REQUIRED_TOOLS) -> list[str]:
-    """What is missing to build a topology: tools not on PATH, and root."""
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if os.geteuid() != 0:
-        missing.append("root (network namespaces need uid 0)")
-    if not Path("/dev/net/tun").exists():
-        missing.append("/dev/net/tun (wireguard-go needs it)")
-    return missing
-
-
-def run(
-    cmd: Sequence[str], *, ns: str | None = None, check: bool = True, timeout: float = 20.0
-) -> subprocess.CompletedProcess[str]:
-    """Run a command, inside namespace ``ns`` when given; raise TopologyError on failure."""
-    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
-    try:
-        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TopologyError(f"{' '.join(full)}: {exc}") from exc
-    if check and proc.returncode != 0:
-        detail = proc.stderr.strip() or proc.stdout.strip()
-        raise TopologyError(f"{' '.join(full)} exited {proc.returncode}: {detail}")
-    return proc
-
-
-@attrs.frozen
-class Relay:
-    """A coturn relay on the internet bridge."""
-
-    name: str
-    ns: str
-    ip: str
-    port: int = TURN_PORT
-
-    @property
-    def url(self) -> str:
-        return f"turn:{self.ip}:{self.port}?transport=udp"
-
-
-@attrs.frozen
-class Peer:
-    """A host behind its own NAT router, running wireguard-go on ``wg_if``."""
-
-    name: str
-    ns: str
-    router_ns: str
-    index: int
-    lan_ip: str
-    wan_ip: str
-    wan_if: str
-    wg_if: str
-    tunnel_ip: str
-    private_key: str
-    public_key: str
-    listen_port: int = WG_PORT
-
-    @property
-    def public_endpoint(self) -> str:
-        """Where this peer's WireGuard port appears on the internet when the NAT preserves ports."""
-        return f"{self.wan_ip}:{self.listen_port}"
+from natrelay.tools.topology_nat import NatControls
+from natrelay.tools.topology_shell import (
+    INTERNET_NET,
+    STATE_DIR,
+    TUNNEL_NET,
+    TURN_REALM,
+    NatKind,
+    Peer,
+    Relay,
+    TopologyError,
+    _remove,
+    cleanup_stale,
+    missing_prerequisites,
+    run,
+)
 
 
 @attrs.define
-class Topology:
+class Topology(NatControls):
     """A live namespace topology; use as a context manager so teardown always runs."""
 
     prefix: str = attrs.field(factory=lambda: "nr" + secrets.token_hex(3))
     turn_user: str = "natrelay"
+    #: The "internet" /24. miniupnpd refuses to map behind any reserved range (RFC 5737
+    #: documentation ranges included): its tests use a non-reserved prefix, which is safe
+    #: only because the internet namespace has no link to the host's own network.
+    internet_net: str = INTERNET_NET
     turn_password: str = attrs.field(factory=lambda: secrets.token_urlsafe(12), repr=False)
     relays: dict[str, Relay] = attrs.field(factory=dict)
     peers: dict[str, Peer] = attrs.field(factory=dict)
@@ -194,7 +136,7 @@ class Topology:
         self._veth(outside, self.inet_ns, inside, ns)
         run(["ip", "link", "set", outside, "master", "br0"], ns=self.inet_ns)
         run(["ip", "link", "set", outside, "up"], ns=self.inet_ns)
-        run(["ip", "addr", "add", f"{INTERNET_NET}.{host_octet}/24", "dev", inside], ns=ns)
+        run(["ip", "addr", "add", f"{self.internet_net}.{host_octet}/24", "dev", inside], ns=ns)
         run(["ip", "link", "set", inside, "up"], ns=ns)
         return inside
 
@@ -243,7 +185,7 @@ class Topology:
         """A coturn relay, long-term credentials, on 203.0.113.(10+n)."""
         index = len(self.relays) + 1
         ns = f"{self.prefix}-{name}"
-        ip = f"{INTERNET_NET}.{10 + index}"
+        ip = f"{self.internet_net}.{10 + index}"
         self._add_ns(ns)
         self._attach_to_internet(ns, 10 + index, f"r{index}")
         relay = Relay(name=name, ns=ns, ip=ip)
@@ -288,22 +230,39 @@ class Topology:
 
     # ---- NATs and peers ----------------------------------------------------------------
 
-    def add_peer(self, name: str, nat: NatKind = "preserving") -> Peer:
-        """A peer behind its own NAT router, with wireguard-go up and no peers configured."""
+    def add_peer(self, name: str, nat: NatKind = "preserving", *, lan_of: str | None = None) -> Peer:
+        """A peer behind its own NAT router, with wireguard-go up and no peers configured.
+
+        ``lan_of``: the new peer joins that peer's LAN, behind the same router and NAT
+        (the router does not hairpin: a packet to its own public address is dropped).
+        """
         index = len(self.peers) + 1
-        router_ns, ns = f"{self.prefix}-nat{name}", f"{self.prefix}-{name}"
-        self._add_ns(router_ns)
+        ns = f"{self.prefix}-{name}"
+        if lan_of is None:
+            router_ns = f"{self.prefix}-nat{name}"
+            self._add_ns(router_ns)
+            wan_if = self._attach_to_internet(router_ns, 100 + index, f"n{index}")
+            lan_net, wan_ip = f"10.{index}.0", f"{self.internet_net}.{100 + index}"
+            bridge = f"{self.prefix}b{index}"
+            run(["ip", "link", "add", bridge, "type", "bridge"], ns=router_ns)
+            run(["ip", "addr", "add", f"{lan_net}.1/24", "dev", bridge], ns=router_ns)
+            run(["ip", "link", "set", bridge, "up"], ns=router_ns)
+            run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=router_ns)
+            host = 2
+        else:
+            first = self.peers[lan_of]
+            router_ns, wan_if, wan_ip = first.router_ns, first.wan_if, first.wan_ip
+            lan_net = first.lan_ip.rsplit(".", 1)[0]
+            bridge = f"{self.prefix}b{first.index}"
+            host = 2 + sum(1 for p in self.peers.values() if p.router_ns == router_ns)
         self._add_ns(ns)
-        wan_if = self._attach_to_internet(router_ns, 100 + index, f"n{index}")
-        lan_net = f"10.{index}.0"
         router_lan, peer_lan = f"{self.prefix}l{index}r", f"{self.prefix}l{index}p"
         self._veth(router_lan, router_ns, peer_lan, ns)
-        run(["ip", "addr", "add", f"{lan_net}.1/24", "dev", router_lan], ns=router_ns)
+        run(["ip", "link", "set", router_lan, "master", bridge], ns=router_ns)
         run(["ip", "link", "set", router_lan, "up"], ns=router_ns)
-        run(["ip", "addr", "add", f"{lan_net}.2/24", "dev", peer_lan], ns=ns)
+        run(["ip", "addr", "add", f"{lan_net}.{host}/24", "dev", peer_lan], ns=ns)
         run(["ip", "link", "set", peer_lan, "up"], ns=ns)
         run(["ip", "route", "add", "default", "via", f"{lan_net}.1"], ns=ns)
-        run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=router_ns)
 
         wg_if = f"wg{self.prefix}{index}"
         private_key = run(["wg", "genkey"]).stdout.strip()
@@ -315,8 +274,8 @@ class Topology:
             ns=ns,
             router_ns=router_ns,
             index=index,
-            lan_ip=f"{lan_net}.2",
-            wan_ip=f"{INTERNET_NET}.{100 + index}",
+            lan_ip=f"{lan_net}.{host}",
+            wan_ip=wan_ip,
             wan_if=wan_if,
             wg_if=wg_if,
             tunnel_ip=f"{TUNNEL_NET}.{index}",
@@ -324,7 +283,10 @@ class Topology:
             public_key=public_key,
         )
         self.peers[name] = peer
-        self.set_nat(name, nat)
+        if lan_of is None:
+            self.set_nat(name, nat)
+        else:
+            self.nats[name] = self.nats[lan_of]
         self._start_wireguard(peer)
         return peer
 
@@ -353,89 +315,6 @@ class Topology:
         run(["ip", "addr", "add", f"{peer.tunnel_ip}/24", "dev", peer.wg_if], ns=peer.ns)
         run(["ip", "link", "set", peer.wg_if, "up"], ns=peer.ns)
 
-    def set_nat(self, name: str, kind: NatKind, flush: str = "all") -> None:
-        """Replace the NAT behaviour of ``name``'s router and flush its conntrack table.
-
-        preserving: MASQUERADE keeps the source port when it can (endpoint-independent
-        mapping). symmetric: ``--random-fully`` picks a new port for every destination.
-        Both drop unsolicited inbound traffic. none: plain routing, no NAT, no filter.
-        ``flush``: "all" forgets every mapping; "wireguard" only the WireGuard port's (other
-        flows, such as a TURN allocation's, keep theirs); "none" keeps them all.
-        """
-        peer_router = f"{self.prefix}-nat{name}"
-        wan_if = self.peers[name].wan_if
-        for table in ("nat", "filter"):
-            run(["iptables", "-t", table, "-F"], ns=peer_router)
-        if kind != "none":
-            masquerade = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan_if, "-j", "MASQUERADE"]
-            if kind == "symmetric":
-                masquerade.append("--random-fully")
-            run(masquerade, ns=peer_router)
-            for chain in ("INPUT", "FORWARD"):
-                run(
-                    [
-                        "iptables",
-                        "-A",
-                        chain,
-                        "-i",
-                        wan_if,
-                        "-m",
-                        "conntrack",
-                        "--ctstate",
-                        "NEW,INVALID",
-                        "-j",
-                        "DROP",
-                    ],
-                    ns=peer_router,
-                )
-        if flush == "all":
-            self.flush_conntrack(name)
-        elif flush == "wireguard":
-            run(
-                ["conntrack", "-D", "-p", "udp", "--orig-port-src", str(self.peers[name].listen_port)],
-                ns=peer_router,
-                check=False,
-            )
-        self.nats[name] = kind
-
-    def flush_conntrack(self, name: str) -> None:
-        """Forget every NAT mapping of ``name``'s router (the next packet maps anew)."""
-        run(["conntrack", "-F"], ns=f"{self.prefix}-nat{name}", check=False)
-
-    def rebind(self, name: str, settle: float = 1.5) -> None:
-        """The NAT of ``name`` rebinds: its WireGuard flow moves to a new external port.
-
-        The router forgets its mappings and, for ``settle`` seconds (longer than the
-        peers' keepalive), maps to ports 40000-40999; then the usual rule comes back
-        without a flush, so the moved mapping stays, as after a NAT reboot.
-        """
-        kind = self.nats[name]
-        router, wan_if = f"{self.prefix}-nat{name}", self.peers[name].wan_if
-        run(["iptables", "-t", "nat", "-F"], ns=router)
-        run(
-            [
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                wan_if,
-                "-p",
-                "udp",
-                "-j",
-                "MASQUERADE",
-                "--to-ports",
-                "40000-40999",
-            ],
-            ns=router,
-        )
-        self.flush_conntrack(name)
-        time.sleep(settle)
-        self.set_nat(name, kind, flush="none")
-
-    # ---- helpers for tests -------------------------------------------------------------
-
     def wg(self, name: str, *args: str) -> str:
         peer = self.peers[name]
         return run(["wg", *args], ns=peer.ns).stdout
@@ -462,51 +341,6 @@ class Topology:
         self._wg_ifs.clear()
         with contextlib.suppress(FileNotFoundError):
             (STATE_DIR / f"{self.prefix}.json").unlink()
-
-
-def _remove(namespaces: Sequence[str], wg_ifs: Sequence[str], workdir: Path | None) -> None:
-    for ns in reversed(namespaces):
-        run(["ip", "netns", "del", ns], check=False)
-    for wg_if in wg_ifs:
-        with contextlib.suppress(FileNotFoundError):
-            Path(f"/var/run/wireguard/{wg_if}.sock").unlink()
-    if workdir is not None:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def cleanup_stale() -> list[str]:
-    """Remove what topologies of dead processes left behind; return their prefixes."""
-    removed: list[str] = []
-    if not STATE_DIR.exists():
-        return removed
-    for state_file in sorted(STATE_DIR.glob("*.json")):
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if _pid_alive(int(state.get("pid", 0))):
-            continue
-        for pid in state.get("processes", {}).values():
-            # Only pids recorded by that run, and only if they still run inside its netns.
-            with contextlib.suppress(OSError):
-                ns_link = os.readlink(f"/proc/{pid}/ns/net")
-                if ns_link != os.readlink("/proc/self/ns/net"):
-                    os.kill(pid, signal.SIGKILL)
-        workdir = state.get("workdir")
-        _remove(state.get("namespaces", []), state.get("wg_ifs", []), Path(workdir) if workdir else None)
-        state_file.unlink(missing_ok=True)
-        removed.append(state_file.stem)
-    return removed
 
 
 @contextlib.contextmanager

@@ -8,6 +8,16 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
     node = "a"                       # names this node's streams: node/<node>/...
     persistent_keepalive = 1         # seconds; keeps NAT mappings and TURN channels warm
     advertise_reflexive = true       # publish <public ip>:<listen port> via the rendezvous
+    advertise_host = true            # publish every interface address with the listen port
+    port_mapping = true              # ask the router for a mapping (UPnP IGD, NAT-PMP/PCP)
+    data_plane = "shared"            # shared: WireGuard owns the public port; probes share it
+                                     #   through raw sockets (docs/real-mesh.md, the default)
+                                     # proxy: the agent owns the public port, WireGuard moves
+                                     #   to a free loopback one; every packet crosses the agent
+                                     # endpoint: WireGuard owns it; probes move its endpoint
+    listen_port = 51820              # the public UDP port (WireGuard's in shared mode)
+    probe_secret_env = "NATRELAY_PROBE_SECRET"   # the per-mesh secret that keys the probes
+    # probe_secret_file = "/etc/natrelay/mesh.secret"
 
     [credentials]                    # default for every relay; a relay may override
     username_env = "NATRELAY_TURN_USER"
@@ -16,6 +26,7 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
 
     [policy]                         # any natrelay.core.policy.Policy field
     min_direct_attempts = 2
+    # or, instead of [policy]: policy_file = "suggested-policy.toml" (natrelay whatif --sweep)
 
     [[peers]]
     name = "b"
@@ -40,8 +51,13 @@ from typing import Any
 import attrs
 
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnServer
+from natrelay.adapters.policy_file import PolicyFileError, load_policy
 from natrelay.core import values as v
 from natrelay.core.policy import Policy
+
+#: The data planes an agent can run (docs/real-mesh.md, "Hitless data plane").
+DATA_PLANES = ("proxy", "shared", "endpoint")
+DEFAULT_DATA_PLANE = "shared"
 
 
 class ConfigError(ValueError):
@@ -91,6 +107,32 @@ class AgentConfig:
     persistent_keepalive: int = 1
     advertise_reflexive: bool = True
     extra_candidates: tuple[str, ...] = ()
+    advertise_host: bool = True
+    port_mapping: bool = True
+    data_plane: str = DEFAULT_DATA_PLANE
+    listen_port: int = 51820
+    probe_secret_env: str | None = "NATRELAY_PROBE_SECRET"
+    probe_secret_file: str | None = None
+
+    def probe_secret(self) -> bytes:
+        """The per-mesh probe secret; a `ConfigError` names where it was looked for."""
+        if self.probe_secret_file is not None:
+            try:
+                secret = Path(self.probe_secret_file).read_bytes().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the probe secret file {self.probe_secret_file}: {exc.strerror}"
+                ) from None
+        else:
+            import os
+
+            secret = os.environ.get(self.probe_secret_env or "", "").encode()
+        if len(secret) < 16:
+            where = self.probe_secret_file or f"${self.probe_secret_env}"
+            raise ConfigError(
+                f"probe secret ({where}): expected at least 16 bytes shared by every node of the mesh"
+            )
+        return secret
 
     def peer(self, public_key: str) -> PeerSpec | None:
         return next((p for p in self.peers if p.public_key == public_key), None)
@@ -104,9 +146,16 @@ _TOP_KEYS = {
     "node",
     "persistent_keepalive",
     "advertise_reflexive",
+    "advertise_host",
+    "port_mapping",
+    "data_plane",
+    "listen_port",
+    "probe_secret_env",
+    "probe_secret_file",
     "candidates",
     "credentials",
     "policy",
+    "policy_file",
     "peers",
     "relays",
 }
@@ -276,13 +325,33 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         policy = Policy.from_dict(policy_table)
     except (v.InvalidValue, TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: policy: {exc}") from None
+    if "policy_file" in data:
+        policy = _policy_file(data, source)
     keepalive = data.get("persistent_keepalive", 1)
     if type(keepalive) is not int or not 1 <= keepalive <= 65535:
         raise _fail(f"{source}: persistent_keepalive", "an integer of seconds in 1-65535", keepalive)
     advertise = data.get("advertise_reflexive", True)
     if not isinstance(advertise, bool):
         raise _fail(f"{source}: advertise_reflexive", "true or false", advertise)
+    flags = {}
+    for key in ("advertise_host", "port_mapping"):
+        flag = data.get(key, True)
+        if not isinstance(flag, bool):
+            raise _fail(f"{source}: {key}", "true or false", flag)
+        flags[key] = flag
+    data_plane = data.get("data_plane", DEFAULT_DATA_PLANE)
+    if data_plane not in DATA_PLANES:
+        raise _fail(f"{source}: data_plane", " or ".join(DATA_PLANES), data_plane)
+    listen_port = data.get("listen_port", 51820)
+    if type(listen_port) is not int or not 1 <= listen_port <= 65535:
+        raise _fail(f"{source}: listen_port", "a UDP port in 1-65535", listen_port)
     return AgentConfig(
+        advertise_host=flags["advertise_host"],
+        port_mapping=flags["port_mapping"],
+        data_plane=data_plane,
+        listen_port=listen_port,
+        probe_secret_env=_string(data, "probe_secret_env", f"{source}:", "NATRELAY_PROBE_SECRET"),
+        probe_secret_file=_string(data, "probe_secret_file", f"{source}:"),
         node=node,
         peers=tuple(peers),
         relays=tuple(relays),
@@ -291,6 +360,23 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         advertise_reflexive=advertise,
         extra_candidates=_endpoints(data.get("candidates", []), f"{source}: candidates"),
     )
+
+
+def _policy_file(data: dict[str, Any], source: str) -> Policy:
+    """The policy of `policy_file` (a path relative to the config's folder), e.g. the one
+    `natrelay whatif --sweep` suggests; a config has it or a [policy] table, not both."""
+    name = data["policy_file"]
+    if not isinstance(name, str) or not name:
+        raise _fail(f"{source}: policy_file", "a path to a TOML policy file", name)
+    if "policy" in data:
+        raise ConfigError(f"{source}: policy_file: give it or a [policy] table, not both")
+    path = Path(name)
+    if not path.is_absolute():
+        path = Path(source).parent / path
+    try:
+        return load_policy(str(path))
+    except PolicyFileError as exc:
+        raise ConfigError(f"{source}: policy_file: {exc}") from None
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -25,9 +25,11 @@ from natrelay.tools.cli import (
     cmd_fleet,
     cmd_fuzz,
     cmd_replay,
+    cmd_serve,
     cmd_simulate,
     cmd_status,
     cmd_timeline,
+    cmd_whatif,
 )
 from natrelay.tools.cli.common import CliError, app, printable
 from natrelay.tools.inspect_log import LookupError_
@@ -39,12 +41,14 @@ VERBS = (
     cmd_explain,
     cmd_timeline,
     cmd_replay,
+    cmd_whatif,
     cmd_fleet,
     cmd_fuzz,
     cmd_diagram,
     cmd_demo,
     cmd_bench,
     cmd_agent,
+    cmd_serve,
 )
 for _verb in VERBS:
     _verb.register(app)
