@@ -32,8 +32,14 @@ def upgrade_ready_at(state: State, record: PeerRecord) -> int | None:
     return seen_at
 
 
-def wake_time(state: State, record: PeerRecord) -> int | None:
-    """The next time this peer needs the engine, from its folded state alone."""
+def wake_time(state: State, record: PeerRecord, *, overdue_ok: bool = False) -> int | None:
+    """The next time this peer needs the engine, from its folded state alone.
+
+    A time already past is clamped to `now + 1` while deciding (the peer was just
+    advanced: what is due was done), but to `now` when the whole index is rebuilt
+    (`overdue_ok`): a timer that fell due while another peer's observation moved the
+    clock must fire at the next Tick, as it does on the live engine that scheduled it.
+    """
     key, lifecycle_state = record.key, record.state
     if lifecycle_state == lc.REMOVED:
         return None
@@ -70,12 +76,12 @@ def wake_time(state: State, record: PeerRecord) -> int | None:
         ready = upgrade_ready_at(state, record)
         if ready is not None:
             times.append(ready)
-    return max(min(times), state.now + 1) if times else None
+    return max(min(times), state.now + (0 if overdue_ok else 1)) if times else None
 
 
-def schedule(state: State, record: PeerRecord) -> None:
+def schedule(state: State, record: PeerRecord, *, overdue_ok: bool = False) -> None:
     """Set the peer's wake-up from its folded state (a heap entry only when it changes)."""
-    wake = wake_time(state, record)
+    wake = wake_time(state, record, overdue_ok=overdue_ok)
     if wake != record.wake_at:
         record.wake_at = wake
         if wake is not None:
@@ -87,7 +93,7 @@ def reschedule_all(state: State) -> None:
     state._timers = []
     for record in state.peers.values():
         record.wake_at = None
-        schedule(state, record)
+        schedule(state, record, overdue_ok=True)
 
 
 def next_deadline(state: State) -> int | None:

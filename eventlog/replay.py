@@ -140,6 +140,19 @@ def _describe(event: Event | None) -> dict[str, Any] | None:
     return None if event is None else {"type": event.TYPE, **to_payload(event)}
 
 
+def _mismatch(seq: int, recorded: Event, got: Event | None) -> str:
+    """What differs between a recorded decision and the re-decided one, naming the fields."""
+    if got is None or got.TYPE != recorded.TYPE:
+        return (
+            f"seq {seq}: the log records {recorded.TYPE} but re-deciding gives "
+            f"{got.TYPE if got is not None else 'nothing'}"
+        )
+    left, right = to_payload(recorded), to_payload(got)
+    fields = sorted(k for k in set(left) | set(right) if left.get(k) != right.get(k))
+    shown = ", ".join(f"{k}: recorded {left.get(k)!r}, re-decided {right.get(k)!r}" for k in fields)
+    return f"seq {seq}: the log records {recorded.TYPE} with {shown}"
+
+
 def verify(log: EventLog, node: str, *, until_seq: int | None = None) -> VerifyResult:
     """Re-decide from the recorded observations; compare with the recorded decisions."""
     engine = Engine()
@@ -179,16 +192,24 @@ def verify(log: EventLog, node: str, *, until_seq: int | None = None) -> VerifyR
                         seq,
                         _describe(event),
                         _describe(got),
-                        f"seq {seq}: the log records {event.TYPE} but re-deciding gives "
-                        f"{got.TYPE if got is not None else 'nothing'}",
+                        _mismatch(seq, event, got),
                     ),
                 )
             position += 1
-    if position < len(produced) and until_seq is None:
+    # The tail: the last observation's decisions must all be there too (a batch that lost
+    # its last decision is a divergence, not a short log). With `until_seq` the cut may
+    # fall inside a batch, so only a cut at the log's own end is checked.
+    if position < len(produced) and (until_seq is None or until_seq >= log.last_seq()):
         missing = produced[position]
         return VerifyResult(
             observations,
             decisions,
-            Divergence(None, None, _describe(missing), f"the log ends before the decision {missing.TYPE}"),
+            Divergence(
+                last_observation_seq,
+                None,
+                _describe(missing),
+                f"seq {last_observation_seq}: after this observation the engine decides {missing.TYPE}, "
+                f"which the log does not record (the log ends)",
+            ),
         )
     return VerifyResult(observations, decisions, None)

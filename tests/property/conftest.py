@@ -2,11 +2,11 @@
 
 Select with NATRELAY_HYPOTHESIS_PROFILE=deep. The example database lives under
 natrelay's cache directory ($XDG_CACHE_HOME/natrelay/hypothesis), never in the
-repository; the profiles themselves are defined once, in natrelay.tools.fuzz.machine.
+repository; the profiles themselves are defined once, in natrelay.tools.fuzz.runner.
 """
 
 from __future__ import annotations
 
-from natrelay.tools.fuzz.machine import register_profiles
+from natrelay.tools.fuzz.runner import register_profiles
 
 PROFILE = register_profiles()

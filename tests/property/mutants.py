@@ -7,6 +7,10 @@ that the fuzzing properties catch each one and shrink it to a short scenario.
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -150,6 +154,168 @@ def upgrade_never_fires() -> Iterator[None]:
         yield
 
 
+# ------------------------------------------------------------ source mutants
+#
+# The mutants below are one-line edits of the real source, made at run time: the
+# function's source is read, one snippet replaced, and the result compiled in the
+# function's own module and patched in for the `with` block (and into the
+# dispatch tables that hold the original function). `core/` is never edited on disk.
+
+
+def _resolve(target: str) -> tuple[Any, str, Any]:
+    """ "module:Qual.name" -> (owner, attribute name, the attribute as stored on its owner)."""
+    module_name, _, qualname = target.partition(":")
+    owner: Any = importlib.import_module(module_name)
+    *path, name = qualname.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, name, inspect.getattr_static(owner, name)
+
+
+def _recompiled(target: str, old: str, new: str) -> tuple[Any, str, Any, Any]:
+    owner, name, stored = _resolve(target)
+    function = stored.__func__ if isinstance(stored, classmethod | staticmethod) else stored
+    source = textwrap.dedent(inspect.getsource(function))
+    if source.count(old) != 1:
+        raise AssertionError(f"mutant of {target}: {old!r} found {source.count(old)} times, not once")
+    namespace: dict[str, Any] = {}
+    exec(compile(source.replace(old, new), f"<mutant of {target}>", "exec"), function.__globals__, namespace)
+    made = namespace[name]
+    if isinstance(stored, classmethod | staticmethod) and not isinstance(made, classmethod | staticmethod):
+        made = type(stored)(made)
+    return owner, name, function, made
+
+
+@contextmanager
+def source_mutant(*edits: tuple[str, str, str]) -> Iterator[None]:
+    """Patch in each (target, old snippet, new snippet) edit for the duration of the block.
+
+    The recompiled function replaces the original wherever natrelay holds it: on its
+    owner, under other names in other modules (`from .schedule import upgrade_ready_at`),
+    as a class attribute alias (`Engine._upgrade_ready_at = schedule.upgrade_ready_at`)
+    and in dispatch tables (the fold and reaction dicts).
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for target, old, new in edits:
+            owner, name, function, made = _recompiled(target, old, new)
+            patch.setattr(owner, name, made)
+            plain = made.__func__ if isinstance(made, classmethod | staticmethod) else made
+            for holder, key, is_dict in _holders(function):
+                if is_dict:
+                    patch.setitem(holder, key, plain)
+                elif holder is not owner or key != name:
+                    patch.setattr(holder, key, plain)
+        yield
+
+
+def _holders(function: Any) -> list[tuple[Any, Any, bool]]:
+    """Every natrelay module, class and module-level dict that holds `function`."""
+    found: list[tuple[Any, Any, bool]] = []
+    for module in list(sys.modules.values()):
+        if not getattr(module, "__name__", "").startswith("natrelay."):
+            continue
+        for attribute, value in list(vars(module).items()):
+            if value is function:
+                found.append((module, attribute, False))
+            elif type(value) is dict:
+                found.extend((value, k, True) for k, v in list(value.items()) if v is function)
+            elif isinstance(value, type) and value.__module__ == module.__name__:
+                found.extend((value, a, False) for a, v in list(vars(value).items()) if v is function)
+    return found
+
+
+def _mutant(*edits: tuple[str, str, str]) -> Callable[[], Any]:
+    return lambda: source_mutant(*edits)
+
+
+_ENGINE = "natrelay.core.engine:Engine"
+
+#: The decision bugs the named-invariant fuzz used to miss, and the six classes that survived
+#: everything (issue 17): each a one-line edit of the real code.
+SOURCE_MUTANTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "relay_threshold_one_round_late": (
+        (
+            "natrelay.core.stepping:step",
+            "if failed >= policy.min_direct_attempts and",
+            "if failed > policy.min_direct_attempts and",
+        ),
+    ),
+    "loss_ewma_weights_swapped": (
+        (
+            "natrelay.core.relay_registry:RelayRegistry.apply",
+            "info.loss = LOSS_KEEP * info.loss + (1 - LOSS_KEEP) * event.loss",
+            "info.loss = (1 - LOSS_KEEP) * info.loss + LOSS_KEEP * event.loss",
+        ),
+    ),
+    "direct_cache_ranked_worst_first": (
+        (
+            "natrelay.core.direct_cache:_rank_key",
+            "return (-entry.successes, -entry.last_success_at, entry.endpoint)",
+            "return (entry.successes, entry.last_success_at, entry.endpoint)",
+        ),
+    ),
+    "upgrade_ignores_hysteresis": (
+        (
+            "natrelay.core.schedule:upgrade_ready_at",
+            "return max(seen_at, record.lost_at + state.policy.switch_hysteresis_ms)",
+            "return seen_at",
+        ),
+    ),
+    "hysteresis_read_in_seconds": (
+        (
+            "natrelay.core.schedule:upgrade_ready_at",
+            "record.lost_at + state.policy.switch_hysteresis_ms)",
+            "record.lost_at + state.policy.switch_hysteresis_ms // 1000)",
+        ),
+    ),
+    # (a) the snapshot leaves out one engine field: a restored engine reports the NAT unknown
+    "snapshot_omits_local_nat": (
+        (f"{_ENGINE}.state", '"local_nat": self.local_nat,', ""),
+        (f"{_ENGINE}.from_state", 'state["local_nat"]', 'state.get("local_nat", "unknown")'),
+    ),
+    # (b) a restored direct cache ignores a non-default direct_cache_max_age_ms
+    "restored_cache_ignores_max_age": (
+        (
+            "natrelay.core.direct_cache:DirectCache.from_state",
+            'made = cls(state["size"], state["max_age_ms"])',
+            'made = cls(state["size"])',
+        ),
+    ),
+    # (c) a relay at exactly max_relay_load is never ranked
+    "relay_at_max_load_unusable": (
+        (
+            "natrelay.core.relay_registry:RelayRegistry.usable",
+            "return info.load <= policy.max_relay_load",
+            "return info.load < policy.max_relay_load",
+        ),
+    ),
+    # (d) every direct-round backoff gap doubled: off by one in the call of the gap function
+    "backoff_gap_doubled": (
+        (
+            "natrelay.core.evolve:fold_round_failed",
+            "round_gap_ms(failed - 1, jitter)",
+            "round_gap_ms(failed, jitter)",
+        ),
+    ),
+    # (e) relays that carried the peer before ranked least successful first
+    "worked_before_least_successful_first": (
+        (
+            "natrelay.core.relay_cache:RelayCache.worked_before",
+            "worked = [(-s, f, relay)",
+            "worked = [(s, f, relay)",
+        ),
+    ),
+    # (f) verify with its tail check disabled
+    "verify_tail_unchecked": (
+        (
+            "natrelay.eventlog.replay:verify",
+            "if position < len(produced) and (until_seq is None or until_seq >= log.last_seq()):",
+            "if False:",
+        ),
+    ),
+}
+
+
 #: Short timers, so that a few steps reach relays, probes and upgrades.
 _QUICK = {
     "step_interval_ms": 100,
@@ -195,7 +361,8 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "live_only_direct_sighting": Mutant(live_only_direct_sighting, "replay.rebuild_equals_live"),
     "snapshot_drops_relay_track_record": Mutant(
-        snapshot_drops_relay_track_record, "replay.snapshot_plus_tail_equals_full"
+        snapshot_drops_relay_track_record,
+        ("replay.snapshot_plus_tail_equals_full", "replay.restored_engine_equals_live"),
     ),
     "tie_break_by_dict_order": Mutant(tie_break_by_dict_order, "relay.ranked_by_score_then_id"),
     # Object identity differs from run to run, so besides the ranking invariant the same
@@ -206,3 +373,33 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "upgrade_never_fires": Mutant(upgrade_never_fires, "paths.relayed_peer_upgrades", max_examples=200),
 }
+
+
+#: The policies of the source-mutant hunts: off every default the six surviving classes hide
+#: behind (hysteresis, cache age and size, backoff growth, a load ceiling the draws hit exactly).
+HUNT_POLICIES = (
+    Policy(
+        mode="relay_first",
+        switch_hysteresis_ms=10_000,
+        direct_cache_max_age_ms=5_000,
+        direct_cache_size=2,
+        max_relay_load=50,
+        parallel_endpoints=1,
+        **{k: v for k, v in _QUICK.items() if k != "switch_hysteresis_ms"},
+    ),
+    Policy(
+        mode="direct_first",
+        min_direct_attempts=2,
+        switch_hysteresis_ms=3_000,
+        direct_cache_max_age_ms=60_000,
+        parallel_endpoints=2,
+        backoff_factor=3.0,
+        **{k: v for k, v in _QUICK.items() if k != "switch_hysteresis_ms"},
+    ),
+)
+
+
+class HuntMachine(NatrelayMachine):
+    """NatrelayMachine with every rule and invariant, its policy drawn from `HUNT_POLICIES`."""
+
+    policy_strategy = st.sampled_from(HUNT_POLICIES)

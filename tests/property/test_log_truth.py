@@ -14,7 +14,8 @@ from pathlib import Path
 from natrelay.core import events as E
 from natrelay.core.policy import Policy
 from natrelay.tools.fuzz.harness import PEERS, Harness, Scenario, replay_scenario
-from natrelay.tools.fuzz.machine import NatrelayMachine, reproduce
+from natrelay.tools.fuzz.machine import NatrelayMachine
+from natrelay.tools.fuzz.runner import reproduce
 
 TestLogTellsTheTruth = NatrelayMachine.TestCase
 

@@ -196,6 +196,16 @@ def test_losing_a_relay_fails_over_and_keeps_trying_direct() -> None:
     chosen = next(x for x in reaction.decisions if x.TYPE == "relay_chosen")
     assert chosen.relay == "r2"  # type: ignore[attr-defined]
     assert d.state() == lc.RELAY_ELIGIBLE
+    # ...and keeps trying direct: connect rounds on A go on while the failover runs
+    rounds = [
+        c
+        for r in [reaction, *d.until(30_000)]
+        for c in r.commands
+        if isinstance(c, TryDirectEndpoint) and c.purpose == "connect"
+    ]
+    assert rounds, "no direct round after the relay was lost"
+    assert {c.endpoint for c in rounds} == {A}
+    assert len({c.attempt for c in rounds}) >= 2, "a single round is not keeping on trying"
 
 
 def test_withdrawing_the_relay_in_use_loses_the_path_and_fails_over() -> None:
@@ -369,11 +379,10 @@ def test_handle_refuses_decisions_and_apply_refuses_impossible_ones() -> None:
         d.engine.handle(DirectPathSelected(at=0, peer=P, endpoint=A))
     d.feed(PeerAdded(at=0, peer=P, candidates=(A,)))
     d.feed(HandshakeObserved(at=1, peer=P, endpoint=A))
+    d.engine.apply(PathLost(at=2, peer=P, path_kind="direct", path=A))  # direct_connected -> pending
+    assert d.state() == lc.PENDING
     with pytest.raises(lc.InvalidTransition):
-        d.engine.apply(
-            PolicySet(at=2, policy=policy()) and PathLost(at=2, peer=P, path_kind="direct", path=A)
-        )
-        d.engine.apply(PathLost(at=3, peer=P, path_kind="direct", path=A))
+        d.engine.apply(PathLost(at=3, peer=P, path_kind="direct", path=A))  # pending has no path
 
 
 def test_a_silent_path_is_lost_at_once_and_a_relay_session_released() -> None:

@@ -1,8 +1,12 @@
-"""Every (state, trigger) pair: a valid transition matching the transitions Machine, or InvalidTransition.
+"""Every (state, trigger) pair: the transition the design names, or InvalidTransition.
 
-hyper-h2's test_state_machines.py, for the peer lifecycle: Hypothesis draws any
-state and any trigger; the compiled table (`next_state`) must agree with a real
-`transitions` Machine put in that state — same destination, or both refuse.
+`EXPECTED` is written by hand, once, from the design (the README's lifecycle
+diagram and its "Decisions we took" section), not derived from
+core/lifecycle.py: comparing the compiled table with the Machine it was compiled
+from could only find a bug in the compiler, never in the lifecycle. Both the
+compiled table (`next_state`) and a real `transitions` Machine put in each
+state must say exactly what the design says (hyper-h2's test_state_machines.py,
+for the peer lifecycle).
 """
 
 from __future__ import annotations
@@ -28,6 +32,61 @@ def _machine_says(state: str, trigger: str) -> str | None:
     except MachineError:
         return None
     return model.state
+
+
+P, T, E, R, D, X = (
+    "pending",
+    "direct_trying",
+    "relay_eligible",
+    "relay_connected",
+    "direct_connected",
+    "removed",
+)
+_ = None  # not allowed: InvalidTransition
+
+#: The design's lifecycle, one row per trigger, one column per state:
+#:                          pending  trying   eligible relayed  direct   removed
+EXPECTED_ROWS: dict[str, tuple[str | None, ...]] = {
+    # the first direct round leaves pending; later rounds and upgrade probes stay
+    "start_direct_round": (T, T, E, R, _, _),
+    "fail_direct_round": (_, T, E, R, _, _),
+    # the threshold fired (direct-first), or relay-first / relay-only / nothing to try directly
+    "become_relay_eligible": (E, E, _, _, _, _),
+    "choose_relay": (_, _, E, _, _, _),
+    "abandon_relay": (_, _, E, _, _, _),
+    "find_no_relay": (_, _, E, _, _, _),
+    "select_relay_path": (_, _, R, _, _, _),
+    # a direct answer wins at once; in direct_connected it is a roam
+    "select_direct_path": (D, D, D, _, D, _),
+    "upgrade": (_, _, _, D, _, _),
+    # a lost direct path starts over; a lost relay fails over (the peer is past the threshold)
+    "lose_path": (_, _, _, E, P, _),
+    "remove": (X, X, X, X, X, _),
+    "add": (_, _, _, _, _, P),
+}
+COLUMNS = (P, T, E, R, D, X)
+EXPECTED = {
+    (state, trigger): row[index]
+    for trigger, row in EXPECTED_ROWS.items()
+    for index, state in enumerate(COLUMNS)
+}
+
+
+def test_the_hand_written_table_names_every_state_and_trigger() -> None:
+    assert set(COLUMNS) == set(lc.STATES)
+    assert set(EXPECTED_ROWS) == set(lc.TRIGGERS)
+
+
+@pytest.mark.parametrize(("state", "trigger"), sorted(EXPECTED))
+def test_the_compiled_table_and_the_machine_say_what_the_design_says(state: str, trigger: str) -> None:
+    expected = EXPECTED[(state, trigger)]
+    assert lc.TABLE.get((state, trigger)) == expected
+    assert _machine_says(state, trigger) == expected
+    if expected is None:
+        with pytest.raises(lc.InvalidTransition):
+            lc.next_state(state, trigger)
+    else:
+        assert lc.next_state(state, trigger) == expected
 
 
 @given(state=st.sampled_from(lc.STATES), trigger=st.sampled_from(lc.TRIGGERS))

@@ -40,7 +40,7 @@ def fuzz(
     ] = None,
 ) -> None:
     """Fuzz the engine and its log with Hypothesis; save each shrunk failure as a log plus a scenario."""
-    from natrelay.tools.fuzz import machine as fuzzing
+    from natrelay.tools.fuzz import runner as fuzzing
 
     console = Console(highlight=False)
     if reproduce is not None:
@@ -75,7 +75,7 @@ def fuzz(
 
 
 def _reproduce(console: Console, scenario_file: Path, out: Path) -> None:
-    from natrelay.tools.fuzz.machine import reproduce
+    from natrelay.tools.fuzz.runner import reproduce
 
     if not scenario_file.is_file():
         console.print(f"natrelay: no scenario file {escape(str(scenario_file))}", style="red")

@@ -1,22 +1,10 @@
 """Fuzzing harness: run a scenario of concrete steps through a real Node and check the log's truth.
 
-Owns the *replayable* half of fuzzing, with no Hypothesis in it:
-- a `Scenario` is a policy plus a list of concrete, JSON-able steps (an
-  observation with its payload, time advancing by N ms, a snapshot, a crash
-  and restart); it round-trips through a file, so a failure found by
-  Hypothesis reproduces from the file alone (`natrelay fuzz --reproduce`);
-- `World` is the network as the fuzzer sees it: it executes no I/O, it only
-  remembers the commands the engine issued (attempts in flight, relay
-  connects pending, sessions open, each peer's data-plane path) so that steps
-  can answer them and invariants can check that nothing leaks;
-- `Harness` drives a `Node` on a SQLite log in a directory, one step at a
-  time, and `check()` asserts every invariant of docs/fuzzing.md, raising
-  `InvariantViolation` with the invariant's name;
-- `LogWatcher` is the independent model: it reads the log's new rows after
-  each step and recomputes, *without the engine's projections*, each peer's
-  lifecycle state (through the `transitions` Machine itself), its failed
-  rounds since the last success, its open relay session and the freshness of
-  its direct path.
+Owns `Harness`, which drives a `Node` on a SQLite log in a directory, one step
+at a time, and whose `check()` asserts every invariant of docs/fuzzing.md,
+raising `InvariantViolation` with the invariant's name. The scenario and the
+world live in `scenario`, the independent log model in `watcher`, the
+step-by-step replay engines in `shadow`; their names are re-exported here.
 
 It never chooses steps (that is `natrelay.tools.fuzz.machine`) and never edits the
 log: everything it checks it reads back from the database.
@@ -24,451 +12,59 @@ log: everything it checks it reads back from the database.
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import orjson
 
 from natrelay.adapters.node import Node
 from natrelay.core import codec
 from natrelay.core import lifecycle as lc
-from natrelay.core.commands import (
-    CloseRelaySession,
-    Command,
-    ConnectViaRelay,
-    ForgetPeer,
-    SwitchPath,
-    TryDirectEndpoint,
-)
 from natrelay.core.engine import Engine
-from natrelay.core.events import Event, PolicySet
+from natrelay.core.events import Event
 from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import node_view, rebuild, verify
 
-SCENARIO_FORMAT = 1
-NODE = "fuzz"
-#: Three peers, four endpoints, three relays: small enough that steps collide.
-PEERS: tuple[str, ...] = tuple(base64.b64encode(bytes([i + 1]) * 32).decode() for i in range(3))
-ENDPOINTS: tuple[str, ...] = ("10.0.0.1:51820", "10.0.0.2:51820", "192.0.2.7:4500", "[2001:db8::9]:51820")
-#: An endpoint no peer announces: a handshake there is a roam or a wrong answer.
-STRAY_ENDPOINT = "198.51.100.1:40000"
-RELAYS: tuple[str, ...] = ("relay-a", "relay-b", "relay-c")
-REGIONS: tuple[str, ...] = ("eu", "us")
+from .shadow import DecisionFollower, ReplayShadow, engine_facts
+from .steps import (
+    ENDPOINTS,
+    NODE,
+    PEERS,
+    REGIONS,
+    RELAYS,
+    SCENARIO_FORMAT,
+    STRAY_ENDPOINT,
+    InvariantViolation,
+    Scenario,
+    World,
+    _fail,
+    event_of,
+    observe_step,
+    steps_of,
+)
+from .watcher import LogWatcher, PeerFacts
 
-
-class InvariantViolation(AssertionError):
-    """An invariant failed after a step; `name` says which one."""
-
-    def __init__(self, name: str, message: str) -> None:
-        self.name = name
-        super().__init__(f"[{name}] {message}")
-
-
-def _fail(name: str, message: str) -> None:
-    raise InvariantViolation(name, message)
-
-
-# --------------------------------------------------------------------- scenario
-
-
-def observe_step(event: Event) -> dict[str, Any]:
-    """The step that feeds `event` to the node."""
-    return {"op": "observe", "type": event.TYPE, "payload": codec.to_payload(event)}
-
-
-def event_of(step: dict[str, Any]) -> Event:
-    """The observation an `observe` step feeds (scenario files carry the current schema)."""
-    return codec.from_payload(step["type"], codec.EVENT_TYPES[step["type"]].VERSION, step["payload"])
-
-
-@attrs.define
-class Scenario:
-    """A policy and the steps that ran under it: everything needed to reproduce a run."""
-
-    policy: Policy
-    steps: list[dict[str, Any]] = attrs.field(factory=list)
-    #: Why it was saved (the invariant that failed), for people reading the file.
-    failure: str | None = None
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "format": SCENARIO_FORMAT,
-                "node": NODE,
-                "policy": self.policy.to_dict(),
-                "failure": self.failure,
-                "steps": self.steps,
-            },
-            option=orjson.OPT_INDENT_2,
-        )
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Scenario:
-        raw = orjson.loads(data)
-        if raw.get("format") != SCENARIO_FORMAT:
-            raise ValueError(f"unsupported scenario format {raw.get('format')!r}")
-        return cls(Policy.from_dict(raw["policy"]), list(raw["steps"]), raw.get("failure"))
-
-    def save(self, path: Path) -> None:
-        path.write_bytes(self.to_json())
-
-    @classmethod
-    def load(cls, path: Path) -> Scenario:
-        return cls.from_json(path.read_bytes())
-
-
-# ------------------------------------------------------------------------ world
-
-
-@attrs.define
-class World:
-    """The outside world as commands left it: what is in flight, open, and routed."""
-
-    #: Every direct attempt the engine asked for, in order (answered or not).
-    tries: list[TryDirectEndpoint] = attrs.field(factory=list)
-    #: peer -> relay a connect was asked through and not yet answered or cancelled.
-    connects: dict[str, str] = attrs.field(factory=dict)
-    #: peer -> {(relay, session)} open in the world (established, not closed).
-    sessions: dict[str, set[tuple[str, str]]] = attrs.field(factory=dict)
-    #: peer -> (endpoint, relay) the data plane uses.
-    paths: dict[str, tuple[str | None, str | None]] = attrs.field(factory=dict)
-    issued_sessions: int = 0
-
-    def execute(self, command: Command, now: int) -> None:
-        if isinstance(command, TryDirectEndpoint):
-            self.tries.append(command)
-        elif isinstance(command, ConnectViaRelay):
-            self.connects[command.peer] = command.relay
-        elif isinstance(command, CloseRelaySession):
-            if command.session is None:
-                if self.connects.get(command.peer) == command.relay:
-                    del self.connects[command.peer]
-            else:
-                held = self.sessions.get(command.peer, set())
-                held.discard((command.relay, command.session))
-                # The data plane leaves the relay only when its last session there closes.
-                still_there = any(relay == command.relay for relay, _ in held)
-                if self.paths.get(command.peer, (None, None))[1] == command.relay and not still_there:
-                    self.paths.pop(command.peer, None)
-        elif isinstance(command, SwitchPath):
-            self.paths[command.peer] = (command.endpoint, command.relay)
-        elif isinstance(command, ForgetPeer):
-            self.paths.pop(command.peer, None)
-            self.connects.pop(command.peer, None)
-
-    def poll(self, now: int) -> list[Event]:
-        return []
-
-    def next_event_at(self) -> int | None:
-        return None
-
-    def session_up(self, peer: str, relay: str, session: str) -> None:
-        """A relay reports a session: it is open in the world until closed."""
-        if self.connects.get(peer) == relay:
-            del self.connects[peer]
-        self.sessions.setdefault(peer, set()).add((relay, session))
-
-    def session_failed(self, peer: str, relay: str) -> None:
-        if self.connects.get(peer) == relay:
-            del self.connects[peer]
-
-    def session_closed(self, peer: str, relay: str, session: str) -> None:
-        self.sessions.get(peer, set()).discard((relay, session))
-
-
-# ------------------------------------------------------------------ log watcher
-
-
-class _Model:
-    """A peer's lifecycle, moved by the `transitions` Machine itself."""
-
-    state: str
-
-
-@attrs.define
-class PeerFacts:
-    """What the log says about one peer, folded by the watcher (not by the engine)."""
-
-    model: _Model
-    candidates: tuple[str, ...] = ()
-    access: str = "auto"
-    failed_rounds: int = 0
-    #: endpoint -> time of its latest direct success (the direct cache, independently).
-    successes: dict[str, int] = attrs.field(factory=dict)
-    #: Current path and the time of its latest handshake (direct_connected / relay_connected).
-    path: str | None = None
-    path_fresh_at: int | None = None
-    session: tuple[str, str] | None = None
-    #: Latest direct handshake on any endpoint.
-    direct_seen: tuple[str, int] | None = None
-    #: seq of the latest direct handshake the peer could use, and of entering the current state.
-    direct_seen_seq: int = 0
-    entered_seq: int = 0
-    entered_at: int = 0
-    lost_direct: tuple[str, int] | None = None
-    #: Relays that ever carried the peer (a relay path selected through them).
-    carried_by: set[str] = attrs.field(factory=set)
-
-
-class LogWatcher:
-    """Folds the log's new rows into an independent model and checks decisions as they come."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-        self.machine = lc.build_machine(model=None)
-        self.peers: dict[str, PeerFacts] = {}
-        #: relay -> (load, expires_at), for announced relays
-        self.relays: dict[str, tuple[int, int | None]] = {}
-        self.last_seq = 0
-        self.versions: dict[str, int] = {}
-        self.now = 0
-        self._observation: Event | None = None
-        self._pending_observation: tuple[int, Event] | None = None
-        self._rejected = False
-
-    def catch_up(self, log: EventLog) -> list[tuple[int, Event]]:
-        """Fold the rows appended since the last call; return the node's (seq, event) among them."""
-        pending: list[tuple[int, Event]] = []
-        for row in log.read(self.last_seq + 1):
-            if row.seq != self.last_seq + 1:
-                _fail("log.seq_gapless", f"seq {row.seq} follows seq {self.last_seq}")
-            self.last_seq = row.seq
-            version = self.versions.get(row.stream, 0) + 1
-            if row.stream_version != version:
-                _fail(
-                    "log.stream_versions_gapless",
-                    f"seq {row.seq}: stream {row.stream} at version {row.stream_version}, expected {version}",
-                )
-            self.versions[row.stream] = version
-            view = node_view(NODE)
-            if row.stream in view["streams"] or any(
-                row.stream.startswith(p) for p in view["stream_prefixes"]
-            ):
-                pending.append((row.seq, row.decode()))
-        for seq, event in pending:
-            self._fold(seq, event)
-        return pending
-
-    def _fold(self, seq: int, event: Event) -> None:
-        self.now = max(self.now, event.at)
-        if event.KIND == "observation":
-            self.flush_observation()
-            self._observation = event
-            self._rejected = False
-            self._pending_observation = (seq, event)
-            return
-        if event.TYPE == "observation_rejected":
-            if self._observation is None or event.observation != self._observation.TYPE:
-                _fail("log.rejection_names_its_observation", f"seq {seq}: {event}")
-            self._rejected = True
-            return
-        self._decided(seq, event)
-
-    def flush_observation(self) -> None:
-        """Apply the latest observation unless the engine rejected it.
-
-        A rejection is always the first decision after its observation, so an
-        observation is applied lazily: at its first decision, or at the next row.
-        """
-        pending = self._pending_observation
-        self._pending_observation = None
-        if pending is None or self._rejected:
-            return
-        self._apply_observation(*pending)
-
-    def _facts(self, peer: str) -> PeerFacts:
-        return self.peers[peer]
-
-    def _apply_observation(self, seq: int, event: Event) -> None:
-        kind = event.TYPE
-        if kind == "policy_set":
-            self.policy = event.policy  # type: ignore[attr-defined]
-        elif kind == "peer_added":
-            facts = self.peers.get(event.peer)  # type: ignore[attr-defined]
-            if facts is None:
-                model = _Model()
-                self.machine.add_model(model)
-                facts = self.peers[event.peer] = PeerFacts(model=model)  # type: ignore[attr-defined]
-                facts.entered_seq, facts.entered_at = seq, event.at
-            elif facts.model.state == lc.REMOVED:
-                self._trigger(seq, event, facts)
-            facts.candidates = event.candidates  # type: ignore[attr-defined]
-            facts.access = event.access  # type: ignore[attr-defined]
-        elif kind == "peer_removed":
-            facts = self._facts(event.peer)  # type: ignore[attr-defined]
-            self._trigger(seq, event, facts)
-            facts.failed_rounds = 0
-            facts.path = facts.path_fresh_at = facts.session = None
-        elif kind == "candidates_updated":
-            self._facts(event.peer).candidates = event.candidates  # type: ignore[attr-defined]
-        elif kind == "handshake_observed":
-            facts = self._facts(event.peer)  # type: ignore[attr-defined]
-            endpoint, relay = event.endpoint, event.relay  # type: ignore[attr-defined]
-            if endpoint is not None:
-                facts.direct_seen = (endpoint, event.at)
-                if facts.access != "relay_only":  # a relay-only peer ignores it, rightly
-                    facts.direct_seen_seq = seq
-                if facts.model.state == lc.DIRECT_CONNECTED and facts.path == endpoint:
-                    facts.path_fresh_at = max(facts.path_fresh_at or 0, event.at)  # a late report is older
-            elif facts.model.state == lc.RELAY_CONNECTED and facts.path == relay:
-                facts.path_fresh_at = max(facts.path_fresh_at or 0, event.at)
-        elif kind == "relay_announced":
-            load, _ = self.relays.get(event.relay, (0, None))  # type: ignore[attr-defined]
-            self.relays[event.relay] = (load, event.expires_at)  # type: ignore[attr-defined]
-        elif kind == "relay_withdrawn":
-            self.relays.pop(event.relay, None)  # type: ignore[attr-defined]
-        elif kind == "relay_health_measured":
-            if event.relay in self.relays:  # type: ignore[attr-defined]
-                self.relays[event.relay] = (event.load, self.relays[event.relay][1])  # type: ignore[attr-defined]
-        elif kind == "relay_session_closed":
-            facts = self._facts(event.peer)  # type: ignore[attr-defined]
-            facts.session = None
-
-    def _trigger(self, seq: int, event: Event, facts: PeerFacts) -> None:
-        before = facts.model.state
-        trigger = lc.TRIGGER_OF_EVENT[event.TYPE]
-        try:
-            getattr(facts.model, trigger)()
-        except Exception as exc:
-            _fail(
-                "lifecycle.machine_allows_every_decision",
-                f"seq {seq}: {event.TYPE} fires {trigger!r} in state {before!r}, "
-                f"which the transitions Machine refuses ({exc})",
-            )
-        if facts.model.state != before:
-            facts.entered_seq, facts.entered_at = seq, event.at
-
-    def _decided(self, seq: int, event: Event) -> None:
-        self.flush_observation()
-        facts = self._facts(event.peer)  # type: ignore[attr-defined]
-        kind = event.TYPE
-        if kind == "relay_eligibility_reached":
-            self._check_eligibility(seq, facts)
-        if kind == "relay_chosen":
-            self._check_relay_choice(seq, event, facts)
-        if kind == "direct_path_selected" and facts.access == "relay_only":
-            _fail("policy.relay_only_never_direct", f"seq {seq}: a relay-only peer got a direct path")
-        self._trigger(seq, event, facts)
-        if kind == "direct_round_failed" and event.purpose == "connect":  # type: ignore[attr-defined]
-            facts.failed_rounds += 1
-        elif kind in ("direct_path_selected", "path_upgraded"):
-            facts.failed_rounds = 0
-            facts.successes[event.endpoint] = event.at  # type: ignore[attr-defined]
-            facts.path, facts.path_fresh_at = event.endpoint, event.at  # type: ignore[attr-defined]
-            facts.session = None
-        elif kind == "relay_path_selected":
-            facts.path, facts.path_fresh_at = event.relay, event.at  # type: ignore[attr-defined]
-            facts.session = (event.relay, event.session)  # type: ignore[attr-defined]
-            facts.carried_by.add(event.relay)  # type: ignore[attr-defined]
-        elif kind == "path_lost":
-            if event.path_kind == "direct":  # type: ignore[attr-defined]
-                facts.lost_direct = (event.path, event.at)  # type: ignore[attr-defined]
-            facts.path = facts.path_fresh_at = facts.session = None
-
-    def _check_eligibility(self, seq: int, facts: PeerFacts) -> None:
-        policy = self.policy
-        if policy.mode != "direct_first" or facts.access != "auto":
-            return
-        if facts.failed_rounds >= policy.min_direct_attempts:
-            return
-        limit = self.now - policy.direct_cache_max_age_ms
-        cached = [e for e, at in facts.successes.items() if at >= limit]
-        if not facts.candidates and not cached:
-            return  # nothing to try directly: a relay is the only way
-        _fail(
-            "policy.no_relay_before_threshold",
-            f"seq {seq}: relay-eligible after {facts.failed_rounds} failed direct rounds "
-            f"(direct-first, threshold {policy.min_direct_attempts})",
-        )
-
-    def _check_relay_choice(self, seq: int, event: Any, facts: PeerFacts) -> None:
-        policy = self.policy
-        if not policy.relays_enabled or facts.access == "direct_only":
-            _fail(
-                "policy.relays_only_when_allowed", f"seq {seq}: chose {event.relay} for {facts.access} peer"
-            )
-        found = self.relays.get(event.relay)
-        if found is None:
-            _fail("relay.chosen_is_announced", f"seq {seq}: chose {event.relay}, which is not announced")
-            return
-        load, expires_at = found
-        if load > policy.max_relay_load:
-            _fail(
-                "relay.never_over_max_load",
-                f"seq {seq}: chose {event.relay} at load {load} (max_relay_load {policy.max_relay_load})",
-            )
-        if expires_at is not None and expires_at <= event.at:
-            _fail("relay.never_expired", f"seq {seq}: chose {event.relay}, expired at {expires_at}")
-        # Relays that carried the peer before lead; the others follow by score, ties by id:
-        # never by the order relays were announced in, a dict's order or an object's identity.
-        others = [s for s in event.ranking if s.relay not in facts.carried_by]
-        if others != sorted(others, key=lambda s: (-s.score, s.relay)):
-            _fail(
-                "relay.ranked_by_score_then_id",
-                f"seq {seq}: ranking {[(s.relay, s.score) for s in others]} is not by score, then relay id",
-            )
-
-
-# ------------------------------------------------------------------- replay shadow
-
-
-class ReplayShadow:
-    """The replay invariants, kept step by step instead of from seq 0 after every step.
-
-    Two engines run beside the live one, fed each new row of the node's view as it
-    is appended: `folded` applies every event (what `rebuild` does from seq 0), and
-    `redecider` handles only the observations and must take exactly the recorded
-    decisions (what `verify` does). Fed the same rows in the same order, they reach
-    the same verdicts as the full replays, at the cost of one step instead of the
-    whole log; the harness still runs the full replays every `full_every` steps and
-    at the end of a scenario.
-    """
-
-    def __init__(self) -> None:
-        self.folded = Engine()
-        self.redecider = Engine()
-        self.produced: list[Event] = []
-        self.position = 0
-        self.observations = 0
-        self.last_observation_seq: int | None = None
-
-    def feed(self, seq: int, event: Event) -> None:
-        self.folded.apply(event)
-        if event.KIND == "observation":
-            self.settle(seq)
-            self.observations += 1
-            self.last_observation_seq = seq
-            if type(event) is PolicySet and self.observations == 1:
-                self.redecider = Engine(event.policy)
-            self.produced = list(self.redecider.handle(event).decisions)
-            self.position = 0
-            return
-        got = self.produced[self.position] if self.position < len(self.produced) else None
-        if got != event:
-            _fail(
-                "replay.verify_redecides_every_decision",
-                f"seq {seq}: the log records {event.TYPE} but re-deciding gives "
-                f"{got.TYPE if got is not None else 'nothing'}",
-            )
-        self.position += 1
-
-    def settle(self, seq: int | None = None) -> None:
-        """Every decision re-decided for the latest observation is in the log."""
-        if self.position < len(self.produced):
-            missing = self.produced[self.position]
-            where = "the log ends" if seq is None else f"seq {seq} comes"
-            _fail(
-                "replay.verify_redecides_every_decision",
-                f"after the observation at seq {self.last_observation_seq} the engine decides "
-                f"{missing.TYPE}, but {where} before it",
-            )
-
-
-# ----------------------------------------------------------------------- harness
+__all__ = [
+    "ENDPOINTS",
+    "NODE",
+    "PEERS",
+    "REGIONS",
+    "RELAYS",
+    "SCENARIO_FORMAT",
+    "STRAY_ENDPOINT",
+    "Harness",
+    "InvariantViolation",
+    "LogWatcher",
+    "PeerFacts",
+    "ReplayShadow",
+    "Scenario",
+    "World",
+    "event_of",
+    "observe_step",
+    "replay_scenario",
+    "steps_of",
+]
 
 
 class Harness:
@@ -497,6 +93,8 @@ class Harness:
         self.restored = False
         #: The reaction to the latest step's observations (for step-level checks).
         self.last_ticks: list[tuple[int, int]] = []
+        #: Engines restored at the latest snapshots, following the live node's decisions.
+        self.followers: list[DecisionFollower] = []
 
     def _clock(self) -> int:
         # Recorded time follows the scenario's clock, so a log is a pure function of its steps.
@@ -530,11 +128,32 @@ class Harness:
             self.node.snapshot()
             self.snapshots += 1
             self.restored = True
+            self._follow_restores()
         elif op == "restart":
+            live = self.engine
             self.restart()
             self.restored = True
+            self._compare_restored(live, self.engine, "a restart (snapshot plus tail)")
         else:
             raise ValueError(f"unknown step {op!r}")
+
+    def _compare_restored(self, live: Engine, restored: Engine, how: str) -> None:
+        left, right = engine_facts(restored), engine_facts(live)
+        if left != right:
+            _fail("replay.restored_engine_equals_live", f"{how}: " + _diff(left, right, "restored", "live"))
+
+    def _follow_restores(self) -> None:
+        """Restore the engine two ways at this seq; both must decide like the live node from now on."""
+        live, seq = self.engine, self.node.last_seq
+        restored = Engine.from_state(orjson.loads(orjson.dumps(live.state())))
+        self._compare_restored(live, restored, "Engine.from_state(state())")
+        tail, _ = rebuild(self.log, NODE, use_snapshot=True)
+        self._compare_restored(live, tail, "snapshot plus tail")
+        self.followers = [
+            *self.followers[-2:],
+            DecisionFollower(restored, seq, "Engine.from_state(state())"),
+            DecisionFollower(tail, seq, "snapshot plus tail"),
+        ]
 
     def _observe(self, event: Event) -> None:
         kind = event.TYPE
@@ -575,8 +194,12 @@ class Harness:
         watcher = self.watcher
         for seq, event in watcher.catch_up(self.log):
             self.shadow.feed(seq, event)
-        watcher.flush_observation()
+            for follower in self.followers:
+                follower.feed(seq, event)
+        watcher.settle()
         self.shadow.settle()
+        for follower in self.followers:
+            follower.settle()
         self._check_ticks()
         self.checks += 1
         live = self.engine.state()
@@ -592,6 +215,7 @@ class Harness:
             self._check_full_replays(live)
         for key in sorted(watcher.peers):
             self._check_peer(key, watcher.peers[key])
+        watcher.oracle.check_wakeup(self.node.next_wakeup(), self.engine.now)
 
     def finish(self) -> None:
         """The end of a scenario: every invariant, with the full replays from seq 0."""
@@ -618,7 +242,8 @@ class Harness:
             for index, row in enumerate(rows):
                 if row.type == "tick":
                     following = rows[index + 1] if index + 1 < len(rows) else None
-                    if following is None or following.type in _OBSERVATION_TYPES:
+                    idle = following is None or following.type in _OBSERVATION_TYPES
+                    if idle and not self.watcher.oracle.cache_aged_out_by(row.at):
                         _fail(
                             "timers.no_idle_wakeups",
                             f"seq {row.seq}: the engine asked to be woken at {row.at} and then "
@@ -658,7 +283,12 @@ class Harness:
         fresh_path = (
             facts.path_fresh_at is not None and facts.path_fresh_at + policy.handshake_freshness_ms > now
         )
-        if state in lc.CONNECTED_STATES and not fresh_path:
+        # Stale by the clock is allowed only until the Tick the engine asked for: another
+        # peer's observation may move the clock past the expiry before that Tick comes.
+        expiry = None if facts.path_fresh_at is None else facts.path_fresh_at + policy.handshake_freshness_ms
+        deadline = engine.next_deadline()
+        awaited = expiry is not None and deadline is not None and deadline <= expiry
+        if state in lc.CONNECTED_STATES and not fresh_path and not awaited:
             _fail(
                 "paths.connected_only_while_fresh",
                 f"peer {key[:8]} is {state} on {facts.path} but its latest handshake there is from "
@@ -774,7 +404,3 @@ def replay_scenario(scenario: Scenario, directory: Path, *, check: bool = True) 
     finally:
         harness.close()
     return harness
-
-
-def steps_of(events: Iterable[Event]) -> list[dict[str, Any]]:
-    return [observe_step(e) for e in events]

@@ -1,13 +1,11 @@
-"""The Hypothesis side of fuzzing: which steps to try, the profiles, and a runner outside pytest.
+"""The Hypothesis state machine of fuzzing: which steps to try, and how policies are drawn.
 
 Owns `NatrelayMachine`, the `RuleBasedStateMachine` that invents scenarios
 (peers come and go, handshakes arrive right, wrong, late and twice, attempts
 time out, relays appear, overload, fail and vanish, sessions open and close,
 time jumps, snapshots are taken, the node crashes and restarts) and checks
-every invariant of `natrelay.tools.fuzz.harness.Harness` after every step; the
-Hypothesis profiles (`fast` for CI, `deep` for long runs) with their example
-database under the user's cache directory, never in the repository; and
-`fuzz()`, which the `natrelay fuzz` command and the tests share.
+every invariant of `natrelay.tools.fuzz.harness.Harness` after every step.
+The profiles and the runner outside pytest live in `natrelay.tools.fuzz.runner`.
 
 Every rule turns its random draw into one *concrete* step before running it,
 so the harness's scenario is exactly what ran and replays from a file.
@@ -15,25 +13,17 @@ so the harness's scenario is exactly what ran and replays from a file.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
-from hypothesis import HealthCheck, Phase, Verbosity, settings
-from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
-from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import (
     RuleBasedStateMachine,
-    get_state_machine_test,
     initialize,
     invariant,
     precondition,
@@ -51,35 +41,7 @@ from natrelay.tools.fuzz.harness import (
     Harness,
     Scenario,
     event_of,
-    replay_scenario,
 )
-
-PROFILE_ENV = "NATRELAY_HYPOTHESIS_PROFILE"
-
-
-def cache_dir() -> Path:
-    """natrelay's cache directory: $XDG_CACHE_HOME/natrelay, else ~/.cache/natrelay."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "natrelay"
-
-
-def example_database() -> DirectoryBasedExampleDatabase:
-    return DirectoryBasedExampleDatabase(str(cache_dir() / "hypothesis"))
-
-
-def register_profiles() -> str:
-    """Register `fast` and `deep`; load the one named by $NATRELAY_HYPOTHESIS_PROFILE (default fast)."""
-    common: dict[str, Any] = {
-        "deadline": None,
-        "database": example_database(),
-        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-    }
-    settings.register_profile("fast", max_examples=25, stateful_step_count=30, **common)
-    settings.register_profile("deep", max_examples=2000, stateful_step_count=80, **common)
-    name = os.environ.get(PROFILE_ENV, "fast")
-    settings.load_profile(name)
-    return name
-
 
 # ---------------------------------------------------------------- strategies
 
@@ -88,7 +50,12 @@ times_ms = st.sampled_from([1, 10, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 6
 
 @st.composite
 def policies(draw: st.DrawFn) -> Policy:
-    """Policies that keep the interesting thresholds small and the timers close together."""
+    """The whole policy space, each field drawn, thresholds small and timers close together.
+
+    Every field the engine decides with is drawn (hysteresis, backoff, the direct
+    cache's size and age, staleness, probing, weights), so that a restore that
+    ignores a non-default setting, or a rule only wrong off its default, is reachable.
+    """
     return Policy(
         mode=draw(st.sampled_from(["direct_first", "relay_first"])),
         relays_enabled=draw(st.booleans().map(lambda b: b or True) | st.just(False)),
@@ -96,15 +63,26 @@ def policies(draw: st.DrawFn) -> Policy:
         step_interval_ms=draw(st.sampled_from([100, 500])),
         attempt_timeout_ms=draw(st.sampled_from([300, 1_000])),
         parallel_endpoints=draw(st.integers(1, 3)),
+        backoff_factor=draw(st.sampled_from([1.0, 2.0, 3.0])),
         backoff_cap_ms=draw(st.sampled_from([2_000, 30_000])),
+        backoff_jitter=draw(st.sampled_from([0.0, 0.1, 0.5])),
         handshake_freshness_ms=draw(st.sampled_from([20_000, 180_000])),
         relay_connect_timeout_ms=draw(st.sampled_from([1_000, 5_000])),
         relay_retry_ms=draw(st.sampled_from([2_000, 10_000])),
         upgrade_enabled=draw(st.booleans().map(lambda b: b or True) | st.just(False)),
         upgrade_probe_interval_ms=draw(st.sampled_from([500, 2_000])),
+        upgrade_probe_on_relay=draw(st.booleans()),
+        upgrade_probe_backoff=draw(st.sampled_from([1.0, 2.0])),
         upgrade_probe_cap_ms=draw(st.sampled_from([4_000, 60_000])),
-        switch_hysteresis_ms=draw(st.sampled_from([0, 10_000])),
+        upgrade_probe_slow_after=draw(st.sampled_from([0, 0, 2])),
+        private_candidates_first=draw(st.booleans()),
+        switch_hysteresis_ms=draw(st.sampled_from([0, 3_000, 10_000])),
+        weights=draw(st.sampled_from([{}, {"latency": 0.6, "load": 0.1, "reliability": 0.1}])),
         max_relay_load=draw(st.sampled_from([50, 80])),
+        required_capabilities=draw(st.sampled_from([0, 0, 5])),
+        relay_stale_after_ms=draw(st.sampled_from([30_000, 3_600_000])),
+        direct_cache_size=draw(st.sampled_from([1, 2, 5])),
+        direct_cache_max_age_ms=draw(st.sampled_from([5_000, 60_000, 7 * 86_400_000])),
     )
 
 
@@ -385,6 +363,49 @@ class NatrelayMachine(RuleBasedStateMachine):
                 self._observe(E.HandshakeObserved(at=self.now, peer=tried.peer, endpoint=tried.endpoint))
                 self.h.check()
 
+    @rule(nat=st.sampled_from(E.NAT_TYPES))
+    def nat_observed(self, nat: str) -> None:
+        """The agent measured this node's NAT (a fact for statistics, and for restore to keep)."""
+        self._observe(E.NatObserved(at=self.now, nat_type=nat))
+
+    @rule(peer=peer_index, silent=st.sampled_from([3_000, 75_000]))
+    def path_goes_silent(self, peer: int, silent: int) -> None:
+        """The transfer counters of a peer's path stood still: the path is lost (rejected if none)."""
+        self._observe(E.PathSilent(at=self.now, peer=PEERS[peer], silent_ms=silent))
+
+    @rule(
+        peer=peer_index,
+        endpoint=st.sampled_from(ENDPOINTS),
+        back_after=st.sampled_from([0, 1_000, 5_000, 20_000]),
+    )
+    def direct_path_dies_and_returns(self, peer: int, endpoint: str, back_after: int) -> None:
+        """A direct path answers, goes silent, the network runs, and the endpoint answers again.
+
+        The flapping path the switch hysteresis is for: the return lands at a drawn
+        time after the loss, before or after the hysteresis has passed.
+        """
+        key = PEERS[peer]
+        self._observe(E.HandshakeObserved(at=self.now, peer=key, endpoint=endpoint))
+        self.h.check()
+        self._observe(E.PathSilent(at=self.now, peer=key, silent_ms=3_000))
+        self.h.check()
+        self.network_runs(2)
+        if back_after:
+            self.h.run({"op": "advance", "by": back_after})
+            self.h.check()
+        self._observe(E.HandshakeObserved(at=self.now, peer=key, endpoint=endpoint))
+
+    @rule(peer=peer_index)
+    def peer_leaves_and_returns(self, peer: int) -> None:
+        """A peer is removed and added again as it was: its relay track record must still lead."""
+        key = PEERS[peer]
+        record = self.h.engine.peers.get(key)
+        candidates = () if record is None else record.candidates
+        access = "auto" if record is None else record.access
+        self._observe(E.PeerRemoved(at=self.now, peer=key))
+        self.h.check()
+        self._observe(E.PeerAdded(at=self.now, peer=key, candidates=candidates, access=access))
+
     @rule()
     def step_requested(self) -> None:
         self._observe(E.StepRequested(at=self.now))
@@ -401,134 +422,3 @@ class NatrelayMachine(RuleBasedStateMachine):
     def log_tells_the_truth(self) -> None:
         if self.harness is not None:
             self.harness.check()
-
-
-# ---------------------------------------------------------------- the runner
-
-
-@attrs.define
-class Failure:
-    """A failing scenario, shrunk, saved where `natrelay fuzz --reproduce` finds it."""
-
-    error: str
-    steps: int
-    scenario_file: Path | None
-    log_file: Path | None
-
-
-@attrs.define
-class FuzzResult:
-    examples: int
-    failures: list[Failure]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-
-@contextmanager
-def counting(on_example: Callable[[], None] | None = None) -> Iterator[RunRecord]:
-    """A fresh run record for the machine (examples counted, last scenario kept)."""
-    saved = NatrelayMachine.record
-    NatrelayMachine.record = RunRecord(on_example=on_example)
-    try:
-        yield NatrelayMachine.record
-    finally:
-        NatrelayMachine.record = saved
-
-
-def find_failure(
-    machine: type[NatrelayMachine] = NatrelayMachine,
-    *,
-    max_examples: int,
-    seed: int | None = None,
-    step_count: int = 30,
-    database: Any = None,
-    on_example: Callable[[], None] | None = None,
-    verbosity: Verbosity = Verbosity.normal,
-) -> tuple[int, BaseException | None, Scenario | None]:
-    """Run the machine; return (examples run, the error, the shrunk scenario) or no error."""
-    options: dict[str, Any] = {
-        "max_examples": max_examples,
-        "stateful_step_count": step_count,
-        "deadline": None,
-        "database": database,
-        "suppress_health_check": list(HealthCheck),
-        "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
-        "print_blob": False,
-        "verbosity": verbosity,
-    }
-    with counting(on_example) as record:
-        test = get_state_machine_test(machine, settings=settings(**options))
-        if seed is not None:
-            test = hypothesis_seed(seed)(test)
-        try:
-            test()
-        except Exception as exc:  # a failure of the engine is whatever it raised
-            return record.examples, exc, record.last
-        return record.examples, None, None
-
-
-def save_failure(scenario: Scenario, error: BaseException, out: Path, index: int) -> Failure:
-    """Write the shrunk scenario and its replayable log under `out/failure-<index>/`."""
-    target = out / f"failure-{index}"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    scenario.failure = f"{type(error).__name__}: {error}"
-    scenario_file = target / "scenario.json"
-    scenario.save(scenario_file)
-    with contextlib.suppress(Exception):  # the failure, reproduced from the file: expected
-        replay_scenario(scenario, target)
-    return Failure(scenario.failure, len(scenario.steps), scenario_file, target / "fuzz.db")
-
-
-def reproduce(scenario_file: Path, directory: Path | None = None) -> BaseException | None:
-    """Replay a scenario file on a fresh log; return the error it raises, or None."""
-    scenario = Scenario.load(scenario_file)
-    work = directory or Path(tempfile.mkdtemp(prefix="natrelay-reproduce-"))
-    try:
-        replay_scenario(scenario, work)
-    except Exception as exc:
-        return exc
-    return None
-
-
-def fuzz(
-    *,
-    examples: int,
-    seed: int | None,
-    time_budget: float | None,
-    out: Path,
-    on_example: Callable[[], None] | None = None,
-    step_count: int = 30,
-) -> FuzzResult:
-    """Run up to `examples` scenarios (in chunks, stopping at the time budget); save failures."""
-    started = time.monotonic()
-    ran = 0
-    chunk = 25
-    index = 0
-    failures: list[Failure] = []
-    database = example_database()
-    while ran < examples:
-        if time_budget is not None and time.monotonic() - started >= time_budget:
-            break
-        size = min(chunk, examples - ran)
-        chunk_seed = None if seed is None else seed + index
-        count, error, scenario = find_failure(
-            max_examples=size,
-            seed=chunk_seed,
-            step_count=step_count,
-            database=database,
-            on_example=on_example,
-            verbosity=Verbosity.quiet,
-        )
-        ran += count
-        index += 1
-        if error is not None:
-            if scenario is not None:
-                failures.append(save_failure(scenario, error, out, len(failures) + 1))
-            else:
-                failures.append(Failure(f"{type(error).__name__}: {error}", 0, None, None))
-            break
-    return FuzzResult(ran, failures)
