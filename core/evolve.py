@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import lifecycle as lc
+from .attempts import AttemptCounts
 from .checks import CHECKS
 from .events import (
     CandidatesUpdated,
@@ -46,7 +47,8 @@ from .jitter import unit_hash
 from .peers import PeerRecord
 from .state import State
 
-Plan = tuple[Callable[[State, Any], str | None] | None, tuple[Callable[[Any], None], ...]]
+#: One event type's whole fold, bound to one state: its check, its projections, its peer fold.
+Fold = Callable[[Any], None]
 
 
 def evolve(state: State, event: Event) -> None:
@@ -54,32 +56,77 @@ def evolve(state: State, event: Event) -> None:
     if event.at > state.now:
         state.now = event.at
     kind = type(event)
-    check, steps = state._plans.get(kind) or plan(state, kind)
-    if check is not None and check(state, event) is not None:
-        return
-    for step in steps:
-        step(event)
+    (state._plans.get(kind) or plan(state, kind))(event)
 
 
-def plan(state: State, kind: type) -> Plan:
-    """Which projections fold events of this type: computed once per type and state (replay is hot)."""
+def plan(state: State, kind: type) -> Fold:
+    """This type's fold on this state, as one function: computed once per type and state
+    (replay is hot). `evolve` calls it after moving `now`; so does `eventlog.replay.rebuild`,
+    which folds many events in one loop."""
     steps: list[Callable[[Any], None]] = [
-        projection.apply
+        projection.handler(kind) if isinstance(projection, AttemptCounts) else projection.apply
         for projection in (state.attempts, state.direct_cache, state.relay_cache, state.registry)
         if kind in projection.HANDLES
     ]
     fold = FOLDS.get(kind)
     if fold is not None:
         steps.append(fold.__get__(state))
-    made: Plan = (CHECKS.get(kind), tuple(steps))
+    made = _combined(state, CHECKS.get(kind), tuple(steps))
     state._plans[kind] = made
     return made
 
 
+Check = Callable[[State, Any], str | None]
+
+
+def _combined(state: State, check: Check | None, steps: tuple[Fold, ...]) -> Fold:
+    """One function running `steps` in order, none when `check` rejects the event."""
+    if check is None:
+        if not steps:
+            return _nothing
+        if len(steps) == 1:
+            return steps[0]
+        if len(steps) == 2:
+            first, second = steps
+
+            def both(event: Any) -> None:
+                first(event)
+                second(event)
+
+            return both
+
+        def each(event: Any) -> None:
+            for step in steps:
+                step(event)
+
+        return each
+
+    def checked(event: Any) -> None:
+        if check(state, event) is None:
+            for step in steps:
+                step(event)
+
+    return checked
+
+
+def _nothing(event: Any) -> None:
+    """The fold of a type nothing folds (`now` moves, in `evolve`)."""
+
+
+#: event TYPE -> {lifecycle state: the state its trigger moves to}, from `lifecycle.TABLE`.
+_MOVES: dict[str, dict[str, str]] = {
+    type_name: {source: dest for (source, fired), dest in lc.TABLE.items() if fired == trigger}
+    for type_name, trigger in lc.TRIGGER_OF_EVENT.items()
+}
+
+
 def transition(record: PeerRecord, event: Event) -> None:
     """Move the peer along the lifecycle as this event's trigger says (`since` marks the move)."""
-    moved = lc.next_state(record.state, lc.TRIGGER_OF_EVENT[event.TYPE])
-    if moved != record.state:
+    current = record.state
+    moved = _MOVES[event.TYPE].get(current)
+    if moved is None:
+        raise lc.InvalidTransition(current, lc.TRIGGER_OF_EVENT[event.TYPE])
+    if moved != current:
         record.state = moved
         record.since = event.at
 
