@@ -24,12 +24,12 @@ import orjson
 from natrelay.core.codec import to_payload
 from natrelay.core.decide import decide
 from natrelay.core.engine import Engine
-from natrelay.core.events import Event, PolicySet
+from natrelay.core.events import EVENT_TYPES, Event, PolicySet
 from natrelay.core.evolve import plan
 from natrelay.core.policy import Policy
 
 from .log import EventLog
-from .records import TRUSTED_BUILDERS, decode_trusted
+from .records import FOLD_BUILDERS, decode_trusted
 
 SNAPSHOT_PREFIX = "engine:"
 
@@ -104,19 +104,19 @@ def rebuild(
 def _fold_all(log: EventLog, node: str, engine: Engine, start: int, until_seq: int | None, last: int) -> int:
     """Fold every event of the node's view from `start`: `evolve` (never deciding), inlined.
 
-    The hot loop of replay: narrow pages of (seq, type, schema_version, payload), the
-    trusted builders (`records.TRUSTED_BUILDERS`; anything unusual takes `decode_trusted`,
-    whose errors name the seq), and each type's fold from `evolve.plan` looked up once.
+    The hot loop of replay: narrow pages of (seq, type, schema_version, payload), trusted
+    builders leaving out what no fold reads (`records.FOLD_BUILDERS`; anything unusual takes
+    `decode_trusted`, whose errors name the seq), each type's fold from `evolve.plan` looked
+    up once per type.
     Does exactly what `evolve(engine, event)` for each event does.
     """
     loads = orjson.loads
     plans = engine._plans
-    builders: dict[str, tuple[int, Callable[[dict[str, Any]], Event]] | None] = {}
+    #: type -> (schema version, fold builder, the type's fold on this engine), or None
+    table = {type_name: _entry(engine, type_name) for type_name in FOLD_BUILDERS}
     for page in log.fold_pages(start, until_seq, **node_view(node)):
         for seq, type_name, schema_version, payload in page:
-            entry = builders.get(type_name, _UNSEEN)
-            if entry is _UNSEEN:
-                entry = builders[type_name] = TRUSTED_BUILDERS.get(type_name)
+            entry = table.get(type_name)  # None: not a type this code knows
             event = None
             if entry is not None and entry[0] == schema_version:
                 try:
@@ -125,16 +125,24 @@ def _fold_all(log: EventLog, node: str, engine: Engine, start: int, until_seq: i
                     event = None  # the validating path below says precisely what is wrong
             if event is None:
                 event = decode_trusted(type_name, schema_version, payload, seq)
+                kind = type(event)
+                fold = plans.get(kind) or plan(engine, kind)
+            else:
+                fold = entry[2]
             if event.at > engine.now:
                 engine.now = event.at
-            kind = type(event)
-            (plans.get(kind) or plan(engine, kind))(event)
+            fold(event)
             last = seq
     return last
 
 
-#: Not yet looked up (None is a type with no trusted builder).
-_UNSEEN: Any = object()
+def _entry(
+    engine: Engine, type_name: str
+) -> tuple[int, Callable[[dict[str, Any]], Event], Callable[[Event], None]]:
+    """(schema version, fold builder, fold) of one type on this engine."""
+    version, build = FOLD_BUILDERS[type_name]
+    kind = EVENT_TYPES[type_name]
+    return version, build, engine._plans.get(kind) or plan(engine, kind)
 
 
 @contextmanager
