@@ -8,6 +8,7 @@ absent (reading it raises), so a fold that starts reading one cannot silently re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -47,10 +48,18 @@ def test_fold_builders_give_every_field_a_fold_reads(tmp_path: Path) -> None:
     assert len(built) >= 18, sorted(set(EVENT_TYPES) - built)
 
 
-def test_rebuild_equals_evolving_the_validated_events_one_by_one(tmp_path: Path) -> None:
+def test_rebuild_equals_evolving_the_validated_events_one_by_one(
+    tmp_path: Path, new_url: Callable[[], str]
+) -> None:
+    """On SQLite and PostgreSQL (the simulated log copied, event for event, onto the backend)."""
     scenario = load_scenario("mesh").with_overrides(peers=30, duration_ms=900_000)
-    path = str(tmp_path / "mesh.db")
-    run_policy(scenario, preset("natrelay"), seed=5, log=path)
+    simulated = str(tmp_path / "mesh.db")
+    run_policy(scenario, preset("natrelay"), seed=5, log=simulated)
+    path = new_url()
+    with EventLog.open(simulated, create=False) as source, EventLog.open(path) as copy:
+        stored = list(source.read())
+        for start in range(0, len(stored), 1000):
+            copy.append([(s.stream, s.decode()) for s in stored[start : start + 1000]])
     with EventLog.open(path, create=False) as log:
         nodes = nodes_in(log)
         assert nodes
