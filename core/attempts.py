@@ -9,6 +9,7 @@ past the relay threshold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .events import (
@@ -89,6 +90,11 @@ class AttemptCounts:
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
+
+    def handler(self, kind: type) -> Callable[[Any], None]:
+        """`apply` for events of type `kind` only, bound to this projection (the fold's plan)."""
+        handler = _HANDLERS.get(kind)
+        return self.apply if handler is None else handler.__get__(self)
 
     def _started(self, event: DirectAttemptStarted) -> None:
         found = self.rounds.get(event.peer)

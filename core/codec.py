@@ -126,7 +126,8 @@ _TYPE_CHECKS: dict[str, str] = {
     "Purpose": "type(v) is str",
     "PeerAccess": "type(v) is str",
     "Literal['direct', 'relay']": "type(v) is str",
-    "tuple[str, ...]": "type(v) is list and all(type(i) is str for i in v)",
+    # JSON gives exact types: isinstance(i, str) is type(i) is str, mapped in C
+    "tuple[str, ...]": "type(v) is list and all(map(is_str, v))",
     "tuple[RelayScore, ...]": "type(v) is list",  # the converter builds (validated) RelayScores
     "Policy": "type(v) is dict",  # the converter builds a (validated) Policy
 }
@@ -136,7 +137,7 @@ class Untrusted(Exception):
     """A payload the trusted path will not build: take the validating path."""
 
 
-def _compile_trusted(cls: type[Event]) -> Callable[[Payload], Event]:
+def _compile_trusted(cls: type[Event], unread: frozenset[str] = frozenset()) -> Callable[[Payload], Event]:
     """A function building `cls` from a payload this code wrote, without running validators.
 
     Each field's JSON type is checked (a number where a name belongs is refused) and
@@ -144,6 +145,10 @@ def _compile_trusted(cls: type[Event]) -> Callable[[Payload], Event]:
     value); value validators and `__attrs_post_init__` do not: the row was validated when
     it was made, and `replay --check` validates every row again. A missing or extra field
     or a wrong type raises, which the caller answers with the validating path.
+
+    `unread`: fields whose type is checked but whose slot is left unset (nor converted) —
+    for a caller that reads only the others (replay's fold: `evolve.UNREAD`); reading one
+    raises AttributeError.
     """
     lines = [
         "def build(data, new=object.__new__, put=object.__setattr__, cls=cls, Untrusted=Untrusted):",
@@ -151,7 +156,12 @@ def _compile_trusted(cls: type[Event]) -> Callable[[Payload], Event]:
         "        raise Untrusted",
         "    event = new(cls)",
     ]
-    namespace: dict[str, Any] = {"cls": cls, "Untrusted": Untrusted, "count": len(attrs.fields(cls))}
+    namespace: dict[str, Any] = {
+        "cls": cls,
+        "Untrusted": Untrusted,
+        "count": len(attrs.fields(cls)),
+        "is_str": str.__instancecheck__,
+    }
     for field in attrs.fields(cls):
         name = field.name
         assert name.isidentifier()
@@ -159,8 +169,17 @@ def _compile_trusted(cls: type[Event]) -> Callable[[Payload], Event]:
         lines.append(f"    v = data[{name!r}]")
         lines.append(f"    if not ({check}):")
         lines.append("        raise Untrusted")
+        if name in unread:
+            continue
         value = "v"
-        if field.converter is not None:
+        converter = field.converter
+        if (
+            getattr(converter, "__qualname__", None) == "_tuple"
+            and getattr(converter, "__module__", None) == cls.__module__
+            and check.startswith("type(v) is list")
+        ):
+            value = "tuple(v)"  # events._tuple of a list, without the call
+        elif field.converter is not None:
             namespace[f"convert_{name}"] = field.converter
             value = f"convert_{name}(v)"
         # the slot's own descriptor: twice as fast as object.__setattr__ (frozen classes refuse setattr)
@@ -173,6 +192,11 @@ def _compile_trusted(cls: type[Event]) -> Callable[[Payload], Event]:
     lines.append("    return event")
     exec("\n".join(lines), namespace)
     return namespace["build"]  # type: ignore[no-any-return]
+
+
+def compile_trusted(cls: type[Event], unread: frozenset[str]) -> Callable[[Payload], Event]:
+    """A trusted builder of `cls` that leaves the `unread` fields unset (see `_compile_trusted`)."""
+    return _compile_trusted(cls, unread)
 
 
 #: type -> the trusted builder of its current schema version.

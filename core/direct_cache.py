@@ -76,7 +76,7 @@ class DirectCache:
             if entry.endpoint == endpoint:
                 if at > entry.last_success_at:
                     updated = list(entries)
-                    updated[index] = attrs.evolve(entry, last_success_at=at)
+                    updated[index] = CachedEndpoint(entry.endpoint, at, entry.successes)
                     updated.sort(key=_rank_key)
                     self.entries[peer] = tuple(updated)
                 return

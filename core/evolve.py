@@ -20,7 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from . import lifecycle as lc
+from .attempts import AttemptCounts
 from .checks import CHECKS
 from .events import (
     CandidatesUpdated,
@@ -47,7 +50,12 @@ from .jitter import unit_hash
 from .peers import PeerRecord
 from .state import State
 
-Plan = tuple[Callable[[State, Any], str | None] | None, tuple[Callable[[Any], None], ...]]
+#: Event fields no fold reads: replay may build events without them (`codec.compile_trusted`).
+#: A fold that starts reading one must take it out of here (replay raises AttributeError).
+UNREAD: frozenset[str] = frozenset({"reason", "ranking", "kinds"})
+
+#: One event type's whole fold, bound to one state: its check, its projections, its peer fold.
+Fold = Callable[[Any], None]
 
 
 def evolve(state: State, event: Event) -> None:
@@ -55,17 +63,7 @@ def evolve(state: State, event: Event) -> None:
     if event.at > state.now:
         state.now = event.at
     kind = type(event)
-    check, steps = state._plans.get(kind) or plan(state, kind)
-    if check is not None and check(state, event) is not None:
-        return
-    peer = getattr(event, "peer", None)
-    before = holds(state.peers.get(peer)) if peer is not None else ()
-    for step in steps:
-        step(event)
-    if peer is not None:
-        after = holds(state.peers.get(peer))
-        if after != before:
-            count_holds(state, before, after)
+    (state._plans.get(kind) or plan(state, kind))(event)
 
 
 def holds(record: PeerRecord | None) -> tuple[str, ...]:
@@ -95,25 +93,90 @@ def count_holds(state: State, before: tuple[str, ...], after: tuple[str, ...]) -
         held[relay] = held.get(relay, 0) + 1
 
 
-def plan(state: State, kind: type) -> Plan:
-    """Which projections fold events of this type: computed once per type and state (replay is hot)."""
+def plan(state: State, kind: type) -> Fold:
+    """This type's fold on this state, as one function: computed once per type and state
+    (replay is hot). `evolve` calls it after moving `now`; so does `eventlog.replay.rebuild`,
+    which folds many events in one loop."""
     steps: list[Callable[[Any], None]] = [
-        projection.apply
+        projection.handler(kind) if isinstance(projection, AttemptCounts) else projection.apply
         for projection in (state.attempts, state.direct_cache, state.relay_cache, state.registry)
         if kind in projection.HANDLES
     ]
     fold = FOLDS.get(kind)
     if fold is not None:
         steps.append(fold.__get__(state))
-    made: Plan = (CHECKS.get(kind), tuple(steps))
+    made = _combined(state, CHECKS.get(kind), tuple(steps))
+    if "peer" in attrs.fields_dict(kind):
+        made = _counting_holds(state, made)
     state._plans[kind] = made
     return made
 
 
+def _counting_holds(state: State, fold: Fold) -> Fold:
+    """`fold`, keeping this node's count of relay slots per relay in step (see `count_holds`)."""
+    peers = state.peers
+
+    def counted(event: Any) -> None:
+        before = holds(peers.get(event.peer))
+        fold(event)
+        after = holds(peers.get(event.peer))
+        if after != before:
+            count_holds(state, before, after)
+
+    return counted
+
+
+Check = Callable[[State, Any], str | None]
+
+
+def _combined(state: State, check: Check | None, steps: tuple[Fold, ...]) -> Fold:
+    """One function running `steps` in order, none when `check` rejects the event."""
+    if check is None:
+        if not steps:
+            return _nothing
+        if len(steps) == 1:
+            return steps[0]
+        if len(steps) == 2:
+            first, second = steps
+
+            def both(event: Any) -> None:
+                first(event)
+                second(event)
+
+            return both
+
+        def each(event: Any) -> None:
+            for step in steps:
+                step(event)
+
+        return each
+
+    def checked(event: Any) -> None:
+        if check(state, event) is None:
+            for step in steps:
+                step(event)
+
+    return checked
+
+
+def _nothing(event: Any) -> None:
+    """The fold of a type nothing folds (`now` moves, in `evolve`)."""
+
+
+#: event TYPE -> {lifecycle state: the state its trigger moves to}, from `lifecycle.TABLE`.
+_MOVES: dict[str, dict[str, str]] = {
+    type_name: {source: dest for (source, fired), dest in lc.TABLE.items() if fired == trigger}
+    for type_name, trigger in lc.TRIGGER_OF_EVENT.items()
+}
+
+
 def transition(record: PeerRecord, event: Event) -> None:
     """Move the peer along the lifecycle as this event's trigger says (`since` marks the move)."""
-    moved = lc.next_state(record.state, lc.TRIGGER_OF_EVENT[event.TYPE])
-    if moved != record.state:
+    current = record.state
+    moved = _MOVES[event.TYPE].get(current)
+    if moved is None:
+        raise lc.InvalidTransition(current, lc.TRIGGER_OF_EVENT[event.TYPE])
+    if moved != current:
         record.state = moved
         record.since = event.at
 
@@ -194,9 +257,20 @@ def fold_policy(state: State, event: PolicySet) -> None:
     state.direct_cache.configure(event.policy.direct_cache_size, event.policy.direct_cache_max_age_ms)
 
 
+#: `transition` of the two most frequent decisions, inlined in their folds (replay is hot).
+_STARTED = _MOVES[DirectAttemptStarted.TYPE]
+_FAILED = _MOVES[DirectRoundFailed.TYPE]
+
+
 def fold_attempt_started(state: State, event: DirectAttemptStarted) -> None:
     record = state.peers[event.peer]
-    transition(record, event)
+    current = record.state
+    moved = _STARTED.get(current)
+    if moved is None:
+        raise lc.InvalidTransition(current, lc.TRIGGER_OF_EVENT[event.TYPE])
+    if moved != current:
+        record.state = moved
+        record.since = event.at
     if event.purpose == "connect":
         record.next_round_at = None
     else:
@@ -205,7 +279,13 @@ def fold_attempt_started(state: State, event: DirectAttemptStarted) -> None:
 
 def fold_round_failed(state: State, event: DirectRoundFailed) -> None:
     record = state.peers[event.peer]
-    transition(record, event)
+    current = record.state
+    moved = _FAILED.get(current)
+    if moved is None:
+        raise lc.InvalidTransition(current, lc.TRIGGER_OF_EVENT[event.TYPE])
+    if moved != current:
+        record.state = moved
+        record.since = event.at
     if event.purpose == "connect":
         failed = state.attempts.attempts(event.peer)
         jitter = unit_hash(event.peer, event.attempt)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from natrelay.core.events import Event
 
 from . import migrations, schema
-from .backends import Backend, PostgresBackend, Row, backend_for
+from .backends import FOLD_COLUMNS, Backend, PostgresBackend, Row, backend_for
 from .errors import ConcurrencyError, EventLogError, LogWriteError, SnapshotError
 from .follow import follow
 from .location import create_log_engine, describe, parse_location
@@ -273,14 +273,16 @@ class EventLog:
         streams: Collection[str] | None,
         stream_prefixes: Collection[str] | None,
         types: Collection[str] | None,
+        columns: str | None = None,
     ) -> Iterator[list[Row]]:
-        """The keyset pages of `rows`, each a list of rows."""
+        """The keyset pages of `rows`, each a list of rows (of `columns`, all by default)."""
         self._check_open()
         sql, params = self._backend.page_query(
             to_seq,
             None if streams is None else list(streams),
             None if stream_prefixes is None else list(stream_prefixes),
             None if types is None else list(types),
+            *(() if columns is None else (columns,)),
         )
         after = from_seq - 1
         fetch_page = self._backend.fetch_page
@@ -292,6 +294,21 @@ class EventLog:
             if len(page) < PAGE_SIZE:
                 return
             after = page[-1][0]
+
+    def fold_pages(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        streams: Collection[str] | None = None,
+        stream_prefixes: Collection[str] | None = None,
+    ) -> Iterator[list[tuple[int, str, int, bytes]]]:
+        """Pages of (seq, type, schema_version, payload) rows in seq order: what a fold reads.
+
+        Replay's hot path (`replay.rebuild`): the narrow select leaves out the stream, the
+        versions and the times (the event's `at` is in its payload), and the caller decodes
+        each row itself with `records.TRUSTED_BUILDERS`, falling back to `decode_trusted`.
+        """
+        return self._pages(from_seq, to_seq, streams, stream_prefixes, None, FOLD_COLUMNS)
 
     def read(
         self,

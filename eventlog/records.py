@@ -17,6 +17,7 @@ import orjson
 
 from natrelay.core import codec
 from natrelay.core.events import EVENT_TYPES, Event
+from natrelay.core.evolve import UNREAD
 
 
 @attrs.frozen(slots=True)
@@ -106,6 +107,13 @@ _TRUSTED: dict[tuple[str, int], Callable[[dict[str, Any]], Event]] = {
 #: `decode_trusted` with it on the replay hot path.
 TRUSTED_BUILDERS: dict[str, tuple[int, Callable[[dict[str, Any]], Event]]] = {
     cls.TYPE: (cls.VERSION, codec.TRUSTED[cls.TYPE]) for cls in EVENT_TYPES.values()
+}
+
+
+#: type -> (its current schema version, a trusted builder leaving out the fields no fold reads):
+#: what `replay.rebuild` folds from. The events it builds never leave the fold.
+FOLD_BUILDERS: dict[str, tuple[int, Callable[[dict[str, Any]], Event]]] = {
+    cls.TYPE: (cls.VERSION, codec.compile_trusted(cls, UNREAD)) for cls in EVENT_TYPES.values()
 }
 
 

@@ -47,9 +47,10 @@ _ = None  # not allowed: InvalidTransition
 #: The design's lifecycle, one row per trigger, one column per state:
 #:                          pending  trying   eligible relayed  direct   removed
 EXPECTED_ROWS: dict[str, tuple[str | None, ...]] = {
-    # the first direct round leaves pending; later rounds and upgrade probes stay
-    "start_direct_round": (T, T, E, R, _, _),
-    "fail_direct_round": (_, T, E, R, _, _),
+    # the first direct round leaves pending; later rounds and upgrade probes stay; a
+    # directly connected peer probes a new or changed candidate beside its live path (issue 13)
+    "start_direct_round": (T, T, E, R, D, _),
+    "fail_direct_round": (_, T, E, R, D, _),
     # the threshold fired (direct-first), or relay-first / relay-only / nothing to try directly
     "become_relay_eligible": (E, E, _, _, _, _),
     "choose_relay": (_, _, E, _, _, _),
