@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from natrelay.adapters.mesh import intake
 from natrelay.adapters.memory import MemoryNetwork
+from natrelay.adapters.mesh import intake
 from natrelay.adapters.mesh.agent_config import ConfigError, CredentialSource, load_config
 from natrelay.adapters.node import Node
 from natrelay.core import lifecycle as lc
