@@ -226,6 +226,8 @@ def register(app: typer.Typer) -> None:
         png = None
         if plot:
             png = write_plot(rows, out_dir / f"{loaded.name}{'-compare' if compare else ''}.png", loaded)
+            if png is None:
+                console.print("no plot: matplotlib is not installed (pip install 'natrelay[sim]')")
         if as_json:
             report: dict[str, Any] = {
                 "scenario": loaded.name,
