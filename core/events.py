@@ -38,11 +38,11 @@ NAT_TYPES = (
 )
 
 
-def _tuple(value: object) -> object:
+def _tuple(value: object) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _policy(value: object) -> object:
+def _policy(value: object) -> Any:
     return Policy.from_dict(value) if isinstance(value, dict) else value
 
 
@@ -320,7 +320,7 @@ class RelayScore:
     score: float = attrs.field(converter=float)
 
 
-def _ranking(value: object) -> object:
+def _ranking(value: object) -> Any:
     if isinstance(value, list):
         return tuple(RelayScore(**item) if isinstance(item, dict) else item for item in value)
     return value

@@ -217,7 +217,8 @@ class EventLog:
     def last_seq(self) -> int:
         """The seq of the newest event, 0 for an empty log."""
         self._check_open()
-        return self._with_cursor(self._backend.last_seq)
+        last: int = self._with_cursor(self._backend.last_seq)
+        return last
 
     def stream_versions(self, streams: Collection[str]) -> dict[str, int]:
         """The current version of each of `streams` (0 for a stream with no events)."""
@@ -345,8 +346,9 @@ class EventLog:
                 result = work(cursor)
             finally:
                 cursor.close()
-            if isinstance(self._backend, PostgresBackend):
-                raw.driver_connection.rollback()  # end the read transaction at once
+            connection = raw.driver_connection
+            if isinstance(self._backend, PostgresBackend) and connection is not None:
+                connection.rollback()  # end the read transaction at once
             return result
         finally:
             raw.close()

@@ -297,7 +297,7 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
         active_until=dyn.get("active_until", base.active_until, _fraction, "a fraction of the run"),
     )
     dyn.done()
-    peer_list = []
+    peer_list: list[PeerSpec] = []
     for item in top.items("peer"):
         peer_list.append(
             PeerSpec(
