@@ -264,5 +264,5 @@ def register(app: typer.Typer) -> None:
                 out.print(f"log:  {where}")
             out.print(
                 f"next: natrelay status {where} · natrelay timeline {where} · natrelay explain {where} <peer>"
-                f" · natrelay replay {where} --verify"
+                f" · natrelay replay {where} --verify · natrelay plot {where} [<peer>]"
             )
