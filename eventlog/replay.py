@@ -3,11 +3,12 @@
 Owns reading one node's view of a log back into an `Engine`:
 - `node_view(node)`: the streams a node's engine reads (its own, and the
   fleet-wide relay streams);
-- `rebuild`: fold every event from seq 0, or from the newest snapshot at or
-  before the target seq plus the tail; both give equal state;
-- `verify`: feed only the recorded observations to a fresh engine and compare
-  every decision it takes with the recorded one, reporting the first
-  divergence by seq.
+- `rebuild`: fold every event with `evolve` (never deciding) from seq 0, or
+  from the newest snapshot at or before the target seq plus the tail; both
+  give equal state;
+- `verify`: feed only the recorded observations to `decide` on a fresh engine
+  and compare every decision it takes with the recorded one, reporting the
+  first divergence by seq.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import attrs
 import orjson
 
 from natrelay.core.codec import to_payload
+from natrelay.core.decide import decide
 from natrelay.core.engine import Engine
 from natrelay.core.events import Event, PolicySet
+from natrelay.core.evolve import evolve
 from natrelay.core.policy import Policy
 
 from .log import EventLog
@@ -79,10 +82,9 @@ def rebuild(
             last = snapshot.seq
     if engine is None:
         engine = Engine(policy)
-    apply = engine.apply
     with _collector_paused():
         for seq, _stream, event in node_events(log, node, start, until_seq):
-            apply(event)
+            evolve(engine, event)  # the fold only: a rebuild never decides
             last = seq
     engine.reschedule_all()
     return engine, last
@@ -152,7 +154,7 @@ def verify(log: EventLog, node: str, *, until_seq: int | None = None) -> VerifyR
             last_observation_seq = seq
             if type(event) is PolicySet and observations == 1:
                 engine = Engine(event.policy)
-            produced = list(engine.handle(event).decisions)
+            produced = list(decide(engine, event).decisions)  # re-decide; compare below
             position = 0
         else:
             decisions += 1

@@ -5,8 +5,9 @@
 # PostgreSQL and python3-venv, starts PostgreSQL on 127.0.0.1:5432 if nothing
 # answers there, creates the virtual environment .venv (the system Python is
 # externally managed, PEP 668) and installs natrelay into it with its dev
-# extras, then runs ruff, mypy (tools/typecheck.sh), the wheel check
-# (tools/wheel_check.sh) and the whole pytest suite with .venv's Python.
+# extras, then runs ruff, import-linter (tools/lint_imports.sh), mypy
+# (tools/typecheck.sh), the wheel check (tools/wheel_check.sh) and the whole
+# pytest suite with .venv's Python.
 # Arguments go to pytest. Root (or sudo) is needed: the end-to-end tests build
 # network namespaces.
 set -euo pipefail
@@ -55,6 +56,7 @@ fi
 python=$PWD/.venv/bin/python
 "$python" -m pip install -q --disable-pip-version-check -e '.[dev]'
 "$python" -m ruff check .
+PYTHON=$python bash tools/lint_imports.sh
 PYTHON=$python bash tools/typecheck.sh
 
 # The wheel as a user installs it; the wheel-content test reuses the wheel built here.

@@ -46,8 +46,8 @@ PACKAGE_DIRS = {
 OPTIONAL = {"matplotlib": "sim", "psycopg": "postgres", "hypothesis": "fuzz", "eventsourcing": "bench"}
 #: Import name -> distribution, where the two differ.
 DISTRIBUTION = {"attr": "attrs"}
-#: Files in package folders that are scripts of the repository, not package data.
-NOT_PACKAGE_DATA = {"tools/test.sh", "tools/wheel_check.sh"}
+#: Files in package folders that are scripts of the repository (tools/*.sh), not package data.
+NOT_PACKAGE_DATA = re.compile(r"tools/[^/]+\.sh")
 #: What the tests import beyond the distribution (dev extra); local helpers of tests/e2e.
 TEST_LOCAL = {"tests", "mesh", "conftest"}
 
@@ -368,7 +368,7 @@ def test_the_wheel_holds_every_module_and_data_file(wheel: Path) -> None:
     for package, folder in PACKAGE_DIRS.items():
         prefix = package.replace(".", "/")
         for path in source_files(folder):
-            if path.relative_to(ROOT).as_posix() not in NOT_PACKAGE_DATA:
+            if not NOT_PACKAGE_DATA.fullmatch(path.relative_to(ROOT).as_posix()):
                 expected.add(f"{prefix}/{path.relative_to(folder).as_posix()}")
     missing = sorted(expected - names)
     assert not missing, f"{wheel.name} lacks {missing}"
