@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mypy in strict mode (pyproject's [tool.mypy]) on the typed surface of natrelay:
 # core/, eventlog/, the public API of adapters/ (the node loop, the network
-# interface, the in-memory network) and the simulator (adapters/sim/).
+# interface, the in-memory network), the simulator (adapters/sim/) and `natrelay plot`.
 #
 #   bash tools/typecheck.sh
 #
@@ -30,4 +30,6 @@ MYPYPATH=$tree "$PYTHON" -m mypy --config-file "$root/pyproject.toml" \
   -m natrelay.adapters.node \
   -m natrelay.adapters.network \
   -m natrelay.adapters.memory \
-  -p natrelay.adapters.sim
+  -p natrelay.adapters.sim \
+  -m natrelay.tools.plot_log \
+  -m natrelay.tools.cli.cmd_plot
