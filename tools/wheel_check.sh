@@ -25,9 +25,27 @@ failures=0
 
 fail() { echo "wheel check FAILED: $*" >&2; failures=$((failures + 1)); }
 
+# Build from a clean copy of the sources (git's tracked and untracked, not ignored,
+# files): a stale natrelay.egg-info in the work tree would otherwise slip files into
+# the wheel that a fresh clone's wheel lacks.
+src=$work/src
+"$python" - "$src" <<'EOF'
+import shutil, subprocess, sys
+from pathlib import Path
+target = Path(sys.argv[1])
+listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], capture_output=True, text=True)
+if listed.returncode == 0:
+    for name in filter(None, listed.stdout.split("\0")):
+        if Path(name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(name, target / name)
+else:  # not a git checkout: everything but what a build or a venv leaves behind
+    shutil.copytree(".", target, ignore=shutil.ignore_patterns(".venv", "build", "dist", "*.egg-info", "__pycache__"))
+EOF
+
 echo "wheel check: building sdist and wheel"
 rm -f "$dist"/natrelay-*.whl "$dist"/natrelay-*.tar.gz
-if ! "$python" -m build --outdir "$dist" . >"$work/build.log" 2>&1; then
+if ! (cd "$src" && "$python" -m build --outdir "$dist" .) >"$work/build.log" 2>&1; then
   tail -n 30 "$work/build.log" >&2
   echo "wheel check FAILED: python -m build" >&2
   exit 1
@@ -36,7 +54,11 @@ wheel=$(ls "$dist"/natrelay-*.whl)
 ls "$dist"/natrelay-*.tar.gz >/dev/null
 
 echo "wheel check: installing $(basename "$wheel") with no extras into a fresh venv"
-"$python" -m venv "$work/venv"
+if ! "$python" -m venv "$work/venv" >"$work/venv.log" 2>&1; then
+  cat "$work/venv.log" >&2
+  echo "wheel check FAILED: python -m venv (on Debian: apt install python3-venv)" >&2
+  exit 1
+fi
 # pip_install ARGS...: quiet; its output only when it fails
 pip_install() {
   if ! "$work/venv/bin/python" -m pip install -q --disable-pip-version-check "$@" >"$work/pip.log" 2>&1; then

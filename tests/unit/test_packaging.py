@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -337,8 +338,15 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if given:
         return Path(given)
     out = tmp_path_factory.mktemp("wheel")
+    # from a clean copy, as a fresh clone builds it (a stale egg-info here would add files)
+    clean = tmp_path_factory.mktemp("src")
+    sources = [p for folder in PACKAGE_DIRS.values() for p in source_files(folder)]
+    for path in [ROOT / "pyproject.toml", ROOT / "README.md", *sources]:
+        if path.is_file():
+            (clean / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, clean / path.relative_to(ROOT))
     result = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(clean)],
         capture_output=True,
         text=True,
     )
