@@ -122,6 +122,7 @@ usage_error "natrelay[sim]" "$natrelay" plot demo.sqlite
 ok "$natrelay" status demo.sqlite
 ok "$natrelay" explain demo.sqlite peer-02
 ok "$natrelay" replay demo.sqlite --verify
+ok "$natrelay" simulate --peers 7 --duration 20 --out plain --no-plot
 echo "wheel check: usage errors, demo, status, explain, replay on a plain install ($((SECONDS - started)) s)"
 
 echo "wheel check: installing the [sim] extra"

@@ -331,6 +331,15 @@ def test_a_verb_needing_a_missing_extra_names_it_in_one_line(args: tuple[str, ..
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+def test_simulate_runs_without_matplotlib_and_says_why_there_is_no_plot(tmp_path: Path) -> None:
+    args = ("simulate", "--peers", "7", "--duration", "20", "--out", str(tmp_path), "--json")
+    result = run_without_extras(*args)
+    assert result.returncode == 0, result.stderr
+    assert "no plot: matplotlib is not installed (pip install 'natrelay[sim]')" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*.png")) and (tmp_path / "mesh.db").is_file()
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel tools/wheel_check.sh built ($NATRELAY_WHEEL), or one built here."""

@@ -65,7 +65,7 @@ def plot(
                 summary = f"{len(paths.decisions)} decisions, {changes} path changes"
         except plot_log.PlotError as exc:
             raise CliError(str(exc)) from None
-    out.print(f"wrote {written} ({summary})")
+    out.print(f"wrote {written} ({summary})", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -227,7 +227,8 @@ def register(app: typer.Typer) -> None:
         if plot:
             png = write_plot(rows, out_dir / f"{loaded.name}{'-compare' if compare else ''}.png", loaded)
             if png is None:
-                console.print("no plot: matplotlib is not installed (pip install 'natrelay[sim]')")
+                hint = "no plot: matplotlib is not installed (pip install 'natrelay[sim]')"
+                console.print(hint, markup=False)
         if as_json:
             report: dict[str, Any] = {
                 "scenario": loaded.name,
@@ -255,14 +256,15 @@ def register(app: typer.Typer) -> None:
         if loaded.description:
             out.print(f"[dim]{loaded.description} ({loaded.source})[/dim]")
         if png is not None:
-            out.print(f"plot: {png}")
+            out.print(f"plot: {png}", markup=False)
         if len(logs) > 1:
-            out.print(f"logs: one per local NAT: {', '.join(logs)}")
+            out.print(f"logs: one per local NAT: {', '.join(logs)}", markup=False)
         if logs:
             where = logs[0]
             if len(logs) == 1:
-                out.print(f"log:  {where}")
+                out.print(f"log:  {where}", markup=False)
             out.print(
                 f"next: natrelay status {where} · natrelay timeline {where} · natrelay explain {where} <peer>"
-                f" · natrelay replay {where} --verify · natrelay plot {where} [<peer>]"
+                f" · natrelay replay {where} --verify · natrelay plot {where} [<peer>]",
+                markup=False,
             )
