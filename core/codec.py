@@ -122,3 +122,11 @@ def decode(type_name: str, schema_version: int, payload: bytes, seq: int | None 
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"{type_name} payload is not valid JSON ({exc})", seq) from None
     return from_payload(type_name, schema_version, data, seq)
+
+
+@register_upcaster("peer_added", 1)
+@register_upcaster("candidates_updated", 1)
+def _candidate_kinds_unknown(payload: Payload) -> Payload:
+    """Version 2 added each candidate's kind; older events did not know them."""
+    payload.setdefault("kinds", [])
+    return payload

@@ -42,6 +42,20 @@ def _tuple(value: object) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+#: How a node learned it may be reached at a candidate endpoint ("" when not known).
+CANDIDATE_KINDS = ("", "host", "mapped", "reflexive", "configured")
+
+
+def _kinds(instance: Any, attribute: Any, value: Any) -> None:
+    """attrs validator: empty, or one kind per candidate, in the candidates' order."""
+    assert isinstance(value, tuple)
+    if value and len(value) != len(instance.candidates):
+        raise v.InvalidValue(f"kinds: {len(value)} kinds for {len(instance.candidates)} candidates")
+    for kind in value:
+        if kind not in CANDIDATE_KINDS:
+            raise v.InvalidValue(f"kinds: {kind!r} is not one of {', '.join(CANDIDATE_KINDS[1:])}")
+
+
 def _policy(value: object) -> Any:
     return Policy.from_dict(value) if isinstance(value, dict) else value
 
@@ -79,7 +93,11 @@ class PeerAdded(PeerEvent):
     """The mesh gained a peer (or a removed peer came back)."""
 
     TYPE = "peer_added"
+    #: 2: `kinds` added (an upcaster gives older events none).
+    VERSION = 2
     candidates: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=v.candidates)
+    #: Each candidate's kind (host, mapped, reflexive, configured), or () when unknown.
+    kinds: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=_kinds)
     name: str = attrs.field(default="", validator=v.text)
     access: PeerAccess = attrs.field(default="auto", validator=v.one_of("auto", "relay_only", "direct_only"))
     preferred_region: str | None = attrs.field(default=None, validator=v.optional_identifier)
@@ -99,7 +117,11 @@ class CandidatesUpdated(PeerEvent):
     """The peer's candidate endpoints changed (new reflexive address, new LAN)."""
 
     TYPE = "candidates_updated"
+    #: 2: `kinds` added (an upcaster gives older events none).
+    VERSION = 2
     candidates: tuple[str, ...] = attrs.field(converter=_tuple, validator=v.candidates)
+    #: Each candidate's kind (host, mapped, reflexive, configured), or () when unknown.
+    kinds: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=_kinds)
     #: The peer's NAT now, if it changed or is known (a new network after sleep and wake).
     nat_type: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(v.one_of(*NAT_TYPES))

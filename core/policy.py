@@ -107,6 +107,10 @@ class Policy:
     #: A direct endpoint lost less than this long ago must wait this long before
     #: an upgrade back to it: no flapping between relay and a dying direct path.
     switch_hysteresis_ms: int = attrs.field(default=10_000, validator=v.non_negative_int)
+    #: After an upgrade to a direct path, the agent keeps the relay session open (allocated,
+    #: bound, refreshed) this long, so that a direct path dying soon after falls back to
+    #: the relay at once; 0 closes it at the upgrade. The engine does not use it.
+    relay_keep_warm_ms: int = attrs.field(default=120_000, validator=v.non_negative_int)
     weights: RelayWeights = attrs.field(factory=RelayWeights, converter=_weights)
     #: Relays above this load (percent) are never chosen; a relay at exactly this load may be.
     max_relay_load: int = attrs.field(default=80, validator=v.non_negative_int)

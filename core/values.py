@@ -228,4 +228,5 @@ def one_of(*choices: str) -> Any:
         if value not in choices:
             raise InvalidValue(f"{attribute.name}={value!r}: expected one of {', '.join(choices)}")
 
+    check.choices = choices  # type: ignore[attr-defined]  # read by schema generators
     return check

@@ -106,12 +106,17 @@ class EventLog:
         self,
         items: Sequence[tuple[str, Event]],
         expected_versions: Mapping[str, int] | None = None,
+        *,
+        expected_last_seq: int | None = None,
     ) -> list[StoredEvent]:
         """Append `(stream, event)` pairs atomically, in order; all are stored or none.
 
         `expected_versions` maps a stream to the version it must be at now (the
         number of events in it; 0 for a new stream); if any is stale, nothing
         is written and `ConcurrencyError` names the stream and both versions.
+        `expected_last_seq`: the whole log must end at this seq (no one else
+        appended since the caller last looked), or `ConcurrencyError` names
+        the log's last seq and nothing is written.
         """
         self._check_open()
         encoded = []
@@ -130,6 +135,8 @@ class EventLog:
         try:
             with backend.writing(raw.driver_connection) as cursor:
                 last = backend.locked_last_seq(cursor)
+                if expected_last_seq is not None and last != expected_last_seq:
+                    raise ConcurrencyError("(the whole log)", expected_last_seq, last)
                 if last != heads.last_seq:
                     # Someone else appended: the cache may be stale. An empty
                     # log, though, is fully known: every stream is at 0.

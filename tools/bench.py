@@ -16,36 +16,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from natrelay.adapters.memory import MemoryNetwork
 from natrelay.adapters.node import Node
 from natrelay.core.engine import Engine
-from natrelay.core.events import Event, PeerAdded, RelayAnnounced, Tick
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import rebuild
 
-from .demo import demo_key
+from .bench_mesh import drive, mesh_inputs
 
-
-def _mesh_inputs(peers: int) -> tuple[MemoryNetwork, list[Event]]:
-    """A mesh where a third of the peers answer directly and the rest need relays."""
-    network = MemoryNetwork(relays={"relay-a": 80, "relay-b": 60})
-    setup: list[Event] = [
-        RelayAnnounced(at=0, relay="relay-a", region="eu", capacity=100_000),
-        RelayAnnounced(at=0, relay="relay-b", region="us", capacity=100_000),
-    ]
-    for index in range(peers):
-        key = demo_key(index)
-        reflexive = f"198.51.{index // 250 % 250}.{index % 250 + 1}:{1024 + index % 60000}"
-        lan = f"10.{index // 65536 % 250}.{index // 256 % 256}.{index % 256}:51820"
-        if index % 3 == 0:
-            network.answering[(key, reflexive)] = 20 + index % 50
-        setup.append(PeerAdded(at=index % 1000, peer=key, candidates=(reflexive, lan)))
-    return network, setup
+#: The old private name, kept for scripts written against it.
+_mesh_inputs = mesh_inputs
 
 
 def generate_log(path: str, peers: int, duration_ms: int) -> int:
     """Write a realistic log (the in-memory mesh run for `duration_ms`); return its event count."""
-    network, setup = _mesh_inputs(peers)
+    network, setup = mesh_inputs(peers)
     with EventLog.open(path) as log:
         node = Node(log, network, node="bench", flush_every=2000)
         for event in setup:
@@ -64,37 +48,9 @@ def measure_replay(path: str) -> dict[str, float]:
     return {"replay_sqlite_eps": events / elapsed, "replay_events": float(events)}
 
 
-def drive(engine: Engine, network: MemoryNetwork, events: list[Event], end_ms: int) -> int:
-    """Feed `events`, then run engine and scripted network together until `end_ms`, no log.
-
-    Returns the events handled and decided (observations plus decisions).
-    """
-    handled = 0
-
-    def feed(event: Event) -> None:
-        nonlocal handled
-        reaction = engine.handle(event)
-        handled += 1 + len(reaction.decisions)
-        for command in reaction.commands:
-            network.execute(command, engine.now)
-
-    for event in events:
-        feed(event)
-    while True:
-        times = [t for t in (engine.next_deadline(), network.next_event_at()) if t is not None]
-        if not times or min(times) > end_ms:
-            return handled
-        now = max(min(times), engine.now)
-        for event in network.poll(now):
-            feed(event)
-        deadline = engine.next_deadline()
-        if deadline is not None and deadline <= now:
-            feed(Tick(at=now))
-
-
 def measure_engine(peers: int, duration_ms: int) -> dict[str, float]:
     """Decisions per second in memory: the engine and the scripted network, no log."""
-    network, setup = _mesh_inputs(peers)
+    network, setup = mesh_inputs(peers)
     started = time.perf_counter()
     handled = drive(Engine(), network, setup, duration_ms)
     elapsed = time.perf_counter() - started
@@ -164,6 +120,11 @@ def run_benchmarks(
         measured = measure_engine(count, duration)
         label = f"{count // 1000}k" if count % 1000 == 0 else str(count)
         results[f"engine_eps_{label}_peers"] = measured["engine_events_per_s_in_memory"]
+    from . import bench_serve
+
+    serve_peers = max(10, events // 400)
+    say(f"natrelay serve over its socket: 1 and 4 agents of {serve_peers} peers each, beside in-process")
+    results.update(bench_serve.run(peers=serve_peers, pg_url=postgres, postgres=with_postgres))
     say(f"memory at {peers:,} peers")
     results.update(measure_memory(peers))
     return results

@@ -17,8 +17,7 @@ import sys
 import tracemalloc
 
 from natrelay.core.engine import Engine
-
-from .bench import _mesh_inputs, drive
+from natrelay.tools.bench_mesh import drive, mesh_inputs
 
 
 def _rss_mb() -> float:
@@ -31,7 +30,7 @@ def _rss_mb() -> float:
 
 def main(peers: int) -> dict[str, float]:
     baseline = _rss_mb()
-    network, setup = _mesh_inputs(peers)
+    network, setup = mesh_inputs(peers)
     engine = Engine()
     relays, joins = setup[:2], setup[2:]
     for event in relays:

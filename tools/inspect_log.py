@@ -16,6 +16,7 @@ from natrelay.core import lifecycle as lc
 from natrelay.core.codec import to_payload
 from natrelay.core.engine import Engine
 from natrelay.core.events import (
+    CandidatesUpdated,
     DirectAttemptStarted,
     DirectAttemptTimedOut,
     DirectPathSelected,
@@ -175,10 +176,13 @@ def explain_lines(log: EventLog, node: str, peer: str, engine: Engine, *, full: 
     tells the whole history.
     """
     story: list[tuple[int, Event, str]] = []
+    kinds: dict[str, str] = {}
     for seq, event in peer_events(log, node, peer):
+        if isinstance(event, PeerAdded | CandidatesUpdated):
+            kinds = {c: k for c, k in zip(event.candidates, event.kinds, strict=False) if k}
         if isinstance(event, DirectAttemptStarted) and event.purpose == "connect" and not full:
             continue  # the round's failure (or success) names the endpoints it tried
-        line = _sentence(event)
+        line = _sentence(event, kinds)
         if line is None:
             continue
         if not full and isinstance(event, PeerAdded | PathLost):
@@ -221,17 +225,27 @@ def _fold_repeats(story: list[tuple[int, Event, str]]) -> list[tuple[int, str]]:
     return folded
 
 
-def _sentence(event: Event) -> str | None:
+def _named(endpoint: str, kinds: dict[str, str]) -> str:
+    """``endpoint`` with its candidate kind when known: "10.1.0.2:51820 (host)"."""
+    kind = kinds.get(endpoint)
+    return f"{endpoint} ({kind})" if kind else endpoint
+
+
+def _sentence(event: Event, kinds: dict[str, str] | None = None) -> str | None:
     at = f"at {seconds(event.at)}"
+    kinds = kinds or {}
     if isinstance(event, PeerAdded):
-        cands = ", ".join(event.candidates) or "none"
+        cands = ", ".join(_named(c, kinds) for c in event.candidates) or "none"
         return f"{at}: peer added ({event.access}); candidates: {cands}"
+    if isinstance(event, CandidatesUpdated):
+        cands = ", ".join(_named(c, kinds) for c in event.candidates) or "none"
+        return f"{at}: candidates now: {cands}"
     if isinstance(event, PeerRemoved):
         return f"{at}: peer removed from the mesh"
     if isinstance(event, DirectAttemptStarted):
         if event.purpose == "upgrade_probe":
-            return f"{at}: probed {event.endpoint} for a direct path (round {event.attempt})"
-        return f"{at}: tried {event.endpoint} directly — {event.reason}"
+            return f"{at}: probed {_named(event.endpoint, kinds)} for a direct path (round {event.attempt})"
+        return f"{at}: tried {_named(event.endpoint, kinds)} directly — {event.reason}"
     if isinstance(event, DirectAttemptTimedOut):
         return f"{at}: {event.endpoint} did not answer (round {event.attempt})"
     if isinstance(event, DirectRoundFailed):
@@ -252,11 +266,12 @@ def _sentence(event: Event) -> str | None:
     if isinstance(event, RelaySessionEstablished):
         return f"{at}: relay {event.relay} established session {event.session}"
     if isinstance(event, RelayPathSelected):
-        return f"{at}: now relayed through {event.relay} (session {event.session})"
+        return f"{at}: now relayed through {event.relay} (relayed, session {event.session})"
     if isinstance(event, DirectPathSelected):
-        return f"{at}: now direct at {event.endpoint} — {event.reason}"
+        return f"{at}: now direct at {_named(event.endpoint, kinds)} — {event.reason}"
     if isinstance(event, PathUpgraded):
-        return f"{at}: upgraded from relay {event.relay} to direct {event.endpoint} — {event.reason}"
+        to = _named(event.endpoint, kinds)
+        return f"{at}: upgraded from relay {event.relay} to direct {to} — {event.reason}"
     if isinstance(event, PathLost):
         return f"{at}: lost the {event.path_kind} path {event.path} — {event.reason}"
     if isinstance(event, RelaySessionClosed):

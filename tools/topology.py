@@ -53,7 +53,7 @@ TURN_PORT = 3478
 WG_PORT = 51820
 TURN_REALM = "natrelay.test"
 STATE_DIR = Path("/run/natrelay-topology")
-REQUIRED_TOOLS = ("ip", "iptables", "conntrack", "wg", "wireguard-go", "turnserver")
+REQUIRED_TOOLS = ("ip", "iptables", "conntrack", "wg", "wireguard-go", "turnserver", "miniupnpd", "nft")
 
 
 class TopologyError(RuntimeError):
@@ -128,6 +128,10 @@ class Topology:
 
     prefix: str = attrs.field(factory=lambda: "nr" + secrets.token_hex(3))
     turn_user: str = "natrelay"
+    #: The "internet" /24. miniupnpd refuses to map behind any reserved range (RFC 5737
+    #: documentation ranges included): its tests use a non-reserved prefix, which is safe
+    #: only because the internet namespace has no link to the host's own network.
+    internet_net: str = INTERNET_NET
     turn_password: str = attrs.field(factory=lambda: secrets.token_urlsafe(12), repr=False)
     relays: dict[str, Relay] = attrs.field(factory=dict)
     peers: dict[str, Peer] = attrs.field(factory=dict)
@@ -194,7 +198,7 @@ class Topology:
         self._veth(outside, self.inet_ns, inside, ns)
         run(["ip", "link", "set", outside, "master", "br0"], ns=self.inet_ns)
         run(["ip", "link", "set", outside, "up"], ns=self.inet_ns)
-        run(["ip", "addr", "add", f"{INTERNET_NET}.{host_octet}/24", "dev", inside], ns=ns)
+        run(["ip", "addr", "add", f"{self.internet_net}.{host_octet}/24", "dev", inside], ns=ns)
         run(["ip", "link", "set", inside, "up"], ns=ns)
         return inside
 
@@ -243,7 +247,7 @@ class Topology:
         """A coturn relay, long-term credentials, on 203.0.113.(10+n)."""
         index = len(self.relays) + 1
         ns = f"{self.prefix}-{name}"
-        ip = f"{INTERNET_NET}.{10 + index}"
+        ip = f"{self.internet_net}.{10 + index}"
         self._add_ns(ns)
         self._attach_to_internet(ns, 10 + index, f"r{index}")
         relay = Relay(name=name, ns=ns, ip=ip)
@@ -288,22 +292,39 @@ class Topology:
 
     # ---- NATs and peers ----------------------------------------------------------------
 
-    def add_peer(self, name: str, nat: NatKind = "preserving") -> Peer:
-        """A peer behind its own NAT router, with wireguard-go up and no peers configured."""
+    def add_peer(self, name: str, nat: NatKind = "preserving", *, lan_of: str | None = None) -> Peer:
+        """A peer behind its own NAT router, with wireguard-go up and no peers configured.
+
+        ``lan_of``: the new peer joins that peer's LAN, behind the same router and NAT
+        (the router does not hairpin: a packet to its own public address is dropped).
+        """
         index = len(self.peers) + 1
-        router_ns, ns = f"{self.prefix}-nat{name}", f"{self.prefix}-{name}"
-        self._add_ns(router_ns)
+        ns = f"{self.prefix}-{name}"
+        if lan_of is None:
+            router_ns = f"{self.prefix}-nat{name}"
+            self._add_ns(router_ns)
+            wan_if = self._attach_to_internet(router_ns, 100 + index, f"n{index}")
+            lan_net, wan_ip = f"10.{index}.0", f"{self.internet_net}.{100 + index}"
+            bridge = f"{self.prefix}b{index}"
+            run(["ip", "link", "add", bridge, "type", "bridge"], ns=router_ns)
+            run(["ip", "addr", "add", f"{lan_net}.1/24", "dev", bridge], ns=router_ns)
+            run(["ip", "link", "set", bridge, "up"], ns=router_ns)
+            run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=router_ns)
+            host = 2
+        else:
+            first = self.peers[lan_of]
+            router_ns, wan_if, wan_ip = first.router_ns, first.wan_if, first.wan_ip
+            lan_net = first.lan_ip.rsplit(".", 1)[0]
+            bridge = f"{self.prefix}b{first.index}"
+            host = 2 + sum(1 for p in self.peers.values() if p.router_ns == router_ns)
         self._add_ns(ns)
-        wan_if = self._attach_to_internet(router_ns, 100 + index, f"n{index}")
-        lan_net = f"10.{index}.0"
         router_lan, peer_lan = f"{self.prefix}l{index}r", f"{self.prefix}l{index}p"
         self._veth(router_lan, router_ns, peer_lan, ns)
-        run(["ip", "addr", "add", f"{lan_net}.1/24", "dev", router_lan], ns=router_ns)
+        run(["ip", "link", "set", router_lan, "master", bridge], ns=router_ns)
         run(["ip", "link", "set", router_lan, "up"], ns=router_ns)
-        run(["ip", "addr", "add", f"{lan_net}.2/24", "dev", peer_lan], ns=ns)
+        run(["ip", "addr", "add", f"{lan_net}.{host}/24", "dev", peer_lan], ns=ns)
         run(["ip", "link", "set", peer_lan, "up"], ns=ns)
         run(["ip", "route", "add", "default", "via", f"{lan_net}.1"], ns=ns)
-        run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=router_ns)
 
         wg_if = f"wg{self.prefix}{index}"
         private_key = run(["wg", "genkey"]).stdout.strip()
@@ -315,8 +336,8 @@ class Topology:
             ns=ns,
             router_ns=router_ns,
             index=index,
-            lan_ip=f"{lan_net}.2",
-            wan_ip=f"{INTERNET_NET}.{100 + index}",
+            lan_ip=f"{lan_net}.{host}",
+            wan_ip=wan_ip,
             wan_if=wan_if,
             wg_if=wg_if,
             tunnel_ip=f"{TUNNEL_NET}.{index}",
@@ -324,7 +345,10 @@ class Topology:
             public_key=public_key,
         )
         self.peers[name] = peer
-        self.set_nat(name, nat)
+        if lan_of is None:
+            self.set_nat(name, nat)
+        else:
+            self.nats[name] = self.nats[lan_of]
         self._start_wireguard(peer)
         return peer
 
@@ -362,7 +386,7 @@ class Topology:
         ``flush``: "all" forgets every mapping; "wireguard" only the WireGuard port's (other
         flows, such as a TURN allocation's, keep theirs); "none" keeps them all.
         """
-        peer_router = f"{self.prefix}-nat{name}"
+        peer_router = self.peers[name].router_ns
         wan_if = self.peers[name].wan_if
         for table in ("nat", "filter"):
             run(["iptables", "-t", table, "-F"], ns=peer_router)
@@ -400,7 +424,7 @@ class Topology:
 
     def flush_conntrack(self, name: str) -> None:
         """Forget every NAT mapping of ``name``'s router (the next packet maps anew)."""
-        run(["conntrack", "-F"], ns=f"{self.prefix}-nat{name}", check=False)
+        run(["conntrack", "-F"], ns=self.peers[name].router_ns, check=False)
 
     def rebind(self, name: str, settle: float = 1.5) -> None:
         """The NAT of ``name`` rebinds: its WireGuard flow moves to a new external port.
@@ -410,7 +434,7 @@ class Topology:
         without a flush, so the moved mapping stays, as after a NAT reboot.
         """
         kind = self.nats[name]
-        router, wan_if = f"{self.prefix}-nat{name}", self.peers[name].wan_if
+        router, wan_if = self.peers[name].router_ns, self.peers[name].wan_if
         run(["iptables", "-t", "nat", "-F"], ns=router)
         run(
             [
@@ -433,6 +457,89 @@ class Topology:
         self.flush_conntrack(name)
         time.sleep(settle)
         self.set_nat(name, kind, flush="none")
+
+    def start_miniupnpd(self, name: str, *, upnp: bool = True) -> None:
+        """Run miniupnpd (UPnP IGD unless ``upnp`` is False, NAT-PMP and PCP) on ``name``'s router.
+
+        Debian's miniupnpd does not create its nft table and its init script is broken,
+        so the table is made here; the router's iptables FORWARD drop of NEW inbound
+        packets must let DNAT'd ones (the mappings) through.
+        """
+        peer = self.peers[name]
+        router = peer.router_ns
+        if self.internet_net.startswith(("203.0.113", "198.51.100", "192.0.2", "10.", "192.168.")):
+            raise TopologyError("miniupnpd refuses reserved ranges: build with internet_net='198.51.99'")
+        table = f"{self.prefix}upnp"
+        nft = self.workdir / f"nft-{name}.conf"
+        nft.write_text(
+            f"table inet {table} {{\n"
+            "  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }\n"
+            "  chain miniupnpd { }\n"
+            "  chain prerouting { type nat hook prerouting priority -100; policy accept; "
+            "jump prerouting_miniupnpd; }\n"
+            "  chain postrouting { type nat hook postrouting priority 100; policy accept; "
+            "jump postrouting_miniupnpd; }\n"
+            "  chain prerouting_miniupnpd { }\n"
+            "  chain postrouting_miniupnpd { }\n"
+            "}\n"
+        )
+        run(["nft", "-f", str(nft)], ns=router)
+        run(
+            [
+                "iptables",
+                "-I",
+                "FORWARD",
+                "1",
+                "-i",
+                peer.wan_if,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "DNAT",
+                "-j",
+                "ACCEPT",
+            ],
+            ns=router,
+        )
+        lan_if = f"{self.prefix}b{peer.index}"
+        lan_net = peer.lan_ip.rsplit(".", 1)[0]
+        conf = self.workdir / f"miniupnpd-{name}.conf"
+        conf.write_text(
+            f"ext_ifname={peer.wan_if}\nlistening_ip={lan_if}\nenable_natpmp=yes\n"
+            f"enable_upnp={'yes' if upnp else 'no'}\n"
+            f"secure_mode=yes\nupnp_table_name={table}\nupnp_nat_table_name={table}\n"
+            "uuid=3f1c0a9e-5b1d-4c3e-9a55-0123456789ab\n"
+            f"allow 1024-65535 {lan_net}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+        )
+        self.spawn(
+            f"miniupnpd-{name}",
+            ["miniupnpd", "-f", str(conf), "-P", str(self.workdir / f"miniupnpd-{name}.pid"), "-d"],
+            ns=router,
+            log=self.workdir / f"miniupnpd-{name}.log",
+        )
+        self._wait_udp_listening(router, 5351, what=f"miniupnpd on {name}'s router")
+
+    def upnp_mappings(self, name: str) -> str:
+        """The DNAT rules miniupnpd holds on ``name``'s router (empty when none)."""
+        table = f"{self.prefix}upnp"
+        out = run(
+            ["nft", "list", "chain", "inet", table, "prerouting_miniupnpd"],
+            ns=self.peers[name].router_ns,
+            check=False,
+        ).stdout
+        return "\n".join(line.strip() for line in out.splitlines() if "dnat" in line)
+
+    def block_direct(self, name: str, other: str, blocked: bool = True) -> None:
+        """A firewall in ``name``'s router drops everything to and from ``other``'s router.
+
+        Relayed traffic (to and from the TURN relays) still passes: only the direct path
+        between the two peers dies. ``blocked=False`` removes the rules again.
+        """
+        router, wan_if = self.peers[name].router_ns, self.peers[name].wan_if
+        other_ip = self.peers[other].wan_ip
+        action = "-I" if blocked else "-D"
+        for direction in (["-i", wan_if, "-s", other_ip], ["-o", wan_if, "-d", other_ip]):
+            run(["iptables", action, "FORWARD", *direction, "-j", "DROP"], ns=router)
 
     # ---- helpers for tests -------------------------------------------------------------
 

@@ -2,9 +2,12 @@
 
 This module owns the shell around the sans-I/O engine for a real mesh node:
 
-    wg show / TURN sessions / rendezvous ──► observation ──► engine.handle ──► log.append
-                                                                   │
-                  wg set / TURN allocate, bind, close ◄── commands ┘
+    WireGuard / TURN sessions / rendezvous ──► observation ──► engine.handle ──► log.append
+                                                                     │
+                 WireGuard set / TURN allocate, bind, close ◄── commands ┘
+
+Start-up is ``startup.py`` and the loop with its observations ``observe.py`` (mixins of
+``Agent``); this module keeps feeding the engine, the log and carrying out commands.
 
 Rules of this module:
 
@@ -17,7 +20,7 @@ Rules of this module:
 - Relays are announced once per log (only when their stream is still empty): a later
   announcement by another node would make this node decide at a place in the log it did
   not see live.
-- Observations are facts measured here: a handshake is reported when `wg show`'s latest
+- Observations are facts measured here: a handshake is reported when WireGuard's latest
   handshake changes; a relay session when its allocation and channel exist; a relay
   health measurement when a TURN round trip was timed. Direct rounds end by deadline in
   the engine (ticks), so no timeout is invented here.
@@ -32,20 +35,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
-from natrelay.adapters.mesh import intake
+from natrelay.adapters.mesh import data_plane as dp
 from natrelay.adapters.mesh.agent_config import AgentConfig
-from natrelay.adapters.mesh.rendezvous import Rendezvous, latest_relay_address
+from natrelay.adapters.mesh.candidates import stun_public_ip
+from natrelay.adapters.mesh.observe import Inbox, Observing, Watch
+from natrelay.adapters.mesh.path_proxy import PathProxy, parse_addr
+from natrelay.adapters.mesh.rendezvous import Rendezvous
+from natrelay.adapters.mesh.startup import Starting
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnSession
-from natrelay.adapters.mesh.wireguard import PeerConfig, WireGuard, WireGuardError
-from natrelay.core import lifecycle as lc
-from natrelay.core import values as v
+from natrelay.adapters.mesh.wireguard import WireGuard, WireGuardError
 from natrelay.core.commands import (
     CloseRelaySession,
     Command,
@@ -56,21 +60,13 @@ from natrelay.core.commands import (
 )
 from natrelay.core.engine import Engine
 from natrelay.core.events import (
-    CandidatesUpdated,
     DirectRoundFailed,
     Event,
-    HandshakeObserved,
-    InputRejected,
-    PathSilent,
-    PeerAdded,
-    PeerRemoved,
-    PolicySet,
     RelayAnnounced,
     RelayHealthMeasured,
     RelaySessionClosed,
     RelaySessionEstablished,
     RelaySessionFailed,
-    Tick,
     stream_of,
 )
 from natrelay.eventlog import ConcurrencyError, EventLog
@@ -94,16 +90,18 @@ class _Attempt:
 
 
 @attrs.define(eq=False)
-class Agent:
+class Agent(Starting, Observing):
     """Runs one node until ``stop`` is set."""
 
     config: AgentConfig
     interface: str
     log_url: str
-    poll_interval: float = 0.1
+    #: How often WireGuard (and the rendezvous) are read while a handshake is awaited.
+    poll_interval: float = 0.05
     #: At start, wait this long for new peers to publish their candidates.
     startup_wait: float = 2.0
     wireguard: WireGuard | None = None
+    watch: Watch = attrs.field(factory=Watch)
 
     engine: Engine = attrs.field(init=False)
     log: EventLog = attrs.field(init=False)
@@ -122,13 +120,20 @@ class Agent:
     _published: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     _rv_seq: int = 0
     _rv_records: list[Any] = attrs.field(factory=list)
-    _pending: list[Event] = attrs.field(factory=list)
+    _pending: list[Event] = attrs.field(factory=Inbox)
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
     _health_at: dict[str, int] = attrs.field(factory=dict)
     _first_handshake_ms: dict[str, int] = attrs.field(factory=dict)
     #: peer -> (received bytes, when that count was first seen): the liveness signal.
     _rx: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     _silence_reported: set[str] = attrs.field(factory=set)
+    #: The data plane when the agent owns the public port (data_plane = "proxy").
+    proxy: PathProxy | None = None
+    #: Relay sessions the engine closed at an upgrade, kept open until the given time (ms).
+    _warm: dict[tuple[str, str], tuple[TurnSession, int]] = attrs.field(factory=dict)
+    _port_mapper: Any = None
+    #: peer -> {endpoint: kind} from the rendezvous at start (for PeerAdded).
+    _published_kinds: dict[str, dict[str, str]] = attrs.field(factory=dict)
 
     # ---- time --------------------------------------------------------------------------
 
@@ -138,68 +143,6 @@ class Agent:
         return self._now
 
     # ---- start and stop ----------------------------------------------------------------
-
-    def start(self) -> None:
-        """Open the log, rebuild the engine, configure WireGuard, announce, publish."""
-        cfg = self.config
-        self.log = EventLog.open(self.log_url)
-        self.rendezvous = Rendezvous(self.log_url)
-        self._rebuild()
-        self.wireguard = self.wireguard or WireGuard(self.interface)
-        status = self.wireguard.show()
-        self.me, self.listen_port = status.public_key, status.listen_port
-        for spec in cfg.relays:
-            self._credentials[spec.server.relay_id] = spec.credentials.load()
-        for peer in cfg.peers:
-            self.wireguard.add_peer(
-                PeerConfig(peer.public_key, peer.allowed_ips, None, cfg.persistent_keepalive)
-            )
-        fresh = self._seen_seq == 0
-        if fresh or self.engine.policy != cfg.policy:
-            if fresh:
-                self.engine = Engine(cfg.policy)
-            self.feed(PolicySet(at=self.now(), policy=cfg.policy))
-        for spec in cfg.relays:
-            self._announce_once(spec.server.relay_id, spec.server.region, spec.server.address)
-        self._resume()
-        self._publish_candidates()
-        live = {k for k, r in self.engine.peers.items() if r.state != lc.REMOVED}
-        new = [p for p in cfg.peers if p.public_key not in live]
-        published = self._await_candidates([p.public_key for p in new])
-        for peer in new:
-            candidates = tuple(dict.fromkeys(peer.endpoints + published.get(peer.public_key, ())))
-            self.feed(
-                PeerAdded(
-                    at=self.now(),
-                    peer=peer.public_key,
-                    name=peer.name,
-                    candidates=candidates,
-                    access=peer.access,  # type: ignore[arg-type]
-                    preferred_region=peer.preferred_region,
-                )
-            )
-        configured = {p.public_key for p in cfg.peers}
-        for key in sorted(live - configured):
-            self.feed(PeerRemoved(at=self.now(), peer=key))
-
-    def _await_candidates(self, peers: list[str]) -> dict[str, tuple[str, ...]]:
-        """Candidates new peers published, waiting up to `startup_wait` s for those not yet."""
-        found: dict[str, tuple[str, ...]] = {}
-        rejected: set[int] = set()
-        deadline = time.monotonic() + self.startup_wait
-        while True:
-            for record in self.rendezvous.poll(self.me, 0):
-                if record.kind == "candidates" and record.sender in peers:
-                    update = self._published_candidates(record, ())
-                    if isinstance(update, InputRejected):
-                        if record.seq not in rejected:
-                            rejected.add(record.seq)
-                            self._pending.append(update)  # recorded at the first step
-                    else:
-                        found[record.sender] = update.candidates
-            if len(found) == len(peers) or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.05)
 
     def _announce_once(self, relay: str, region: str, address: str) -> None:
         stream = f"relay/{relay}"
@@ -218,29 +161,6 @@ class Agent:
         self._after_append(stored)
         self._execute_all(reaction.decisions, reaction.commands)
 
-    def _resume(self) -> None:
-        """Put the data plane back where the log says the engine is."""
-        for key, record in sorted(self.engine.peers.items()):
-            if record.state == lc.RELAY_CONNECTED and record.path and record.session:
-                self.feed(
-                    RelaySessionClosed(
-                        at=self.now(),
-                        peer=key,
-                        relay=record.path,
-                        session=record.session,
-                        reason="agent restarted",
-                    )
-                )
-            elif record.relay_pending is not None:
-                self.feed(
-                    RelaySessionFailed(
-                        at=self.now(), peer=key, relay=record.relay_pending, reason="agent restarted"
-                    )
-                )
-            elif record.state == lc.DIRECT_CONNECTED and record.path:
-                self._set_endpoint(key, record.path)
-                self._path[key] = ("direct", record.path)
-
     async def stop(self) -> None:
         """Close relay sessions (withdrawing their rendezvous records) and the log."""
         for task in list(self._tasks):
@@ -248,41 +168,13 @@ class Agent:
         for (peer, relay), session in list(self._sessions.items()):
             await self._close_session(peer, relay, session)
         self._sessions.clear()
+        for (peer, relay), (session, _until) in list(self._warm.items()):
+            await self._close_session(peer, relay, session)
+        self._warm.clear()
+        await dp.close_port_mapping(self)
+        dp.close_data_plane(self)
         self.rendezvous.close()
         self.log.close()
-
-    # ---- the loop ----------------------------------------------------------------------
-
-    async def run(self, stop: asyncio.Event) -> None:
-        self.start()
-        log.info(
-            "agent running: node %s, interface %s, %d peers, %d relays",
-            self.config.node,
-            self.interface,
-            len(self.config.peers),
-            len(self.config.relays),
-        )
-        try:
-            while not stop.is_set():
-                self.step()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll_interval)
-        finally:
-            await self.stop()
-
-    def step(self) -> None:
-        """One turn: drain async results, read WireGuard and the rendezvous, tick."""
-        pending, self._pending = self._pending, []
-        for event in pending:
-            self.feed(event)
-        self._poll_wireguard()
-        self._poll_rendezvous()
-        self._start_due_attempts()
-        self._catch_up()
-        deadline = self.engine.next_deadline()
-        now = self.now()
-        if deadline is not None and deadline <= now:
-            self.feed(Tick(at=now))
 
     # ---- feeding the engine ------------------------------------------------------------
 
@@ -351,6 +243,8 @@ class Agent:
     # ---- commands ----------------------------------------------------------------------
 
     def execute(self, command: Command) -> None:
+        if self.proxy is not None and dp.execute(self, command):
+            return
         if isinstance(command, TryDirectEndpoint):
             queue = self._attempts.setdefault(command.peer, [])
             queue[:] = [a for a in queue if a.command.deadline > self.now()]
@@ -395,6 +289,10 @@ class Agent:
                         log.error("direct attempt to %s failed: %s", attempt.command.endpoint, exc)
 
     def _set_endpoint(self, peer: str, endpoint: str) -> None:
+        if self.proxy is not None:
+            # WireGuard keeps its loopback endpoint; the proxy sends to the peer.
+            self.proxy.use_direct(peer, parse_addr(endpoint))
+            return
         assert self.wireguard is not None
         self.wireguard.set_endpoint(peer, endpoint, handshake_now=True)
         # Re-creating the peer zeroes its latest handshake: any later value is new.
@@ -419,6 +317,8 @@ class Agent:
 
     def _restore_relay(self, peer: str) -> None:
         """A failed upgrade probe moved WireGuard off the relay: point it back."""
+        if self.proxy is not None:
+            return  # probes never moved it
         kind, relay = self._path.get(peer, ("", ""))
         session = self._sessions.get((peer, relay)) if kind == "relay" else None
         if session is not None and session.local_endpoint is not None:
@@ -445,6 +345,8 @@ class Agent:
                 )
             )
             return
+        if dp.rewarm(self, peer, relay):
+            return
         old = self._sessions.pop((peer, relay), None)
         if old is not None:
             await self._close_session(peer, relay, old)
@@ -452,8 +354,9 @@ class Agent:
             spec.server,
             self._credentials[relay],
             peer,
-            wireguard_addr=("127.0.0.1", self.listen_port),
+            wireguard_addr=None if self.proxy else ("127.0.0.1", self.listen_port),
             on_dead=self._session_dead,
+            sink=self.proxy.sink_for(peer) if self.proxy else None,
         )
         self._sessions[(peer, relay)] = session
         try:
@@ -498,6 +401,10 @@ class Agent:
 
     def _session_dead(self, session: TurnSession, reason: str) -> None:
         key = (session.peer, session.server.relay_id)
+        if self._warm.get(key, (None, 0))[0] is session:
+            del self._warm[key]  # the engine closed it already: nothing to report
+            self._spawn(self._close_session(session.peer, session.server.relay_id, session))
+            return
         if self._sessions.get(key) is not session:
             return
         del self._sessions[key]
@@ -513,118 +420,14 @@ class Agent:
         self._spawn(self._close_session(session.peer, session.server.relay_id, session))
 
     async def _close_session(self, peer: str, relay: str, session: TurnSession) -> None:
+        if self.proxy is not None:
+            self.proxy.drop_relay(peer, session)
         with contextlib.suppress(Exception):
             self.rendezvous.withdraw_relay_address(self.now(), self.me, peer, relay, session.session_id)
         with contextlib.suppress(Exception):
             await session.close()
 
-    # ---- observing ---------------------------------------------------------------------
-
-    def _poll_wireguard(self) -> None:
-        assert self.wireguard is not None
-        try:
-            status = self.wireguard.show()
-        except WireGuardError as exc:
-            log.error("reading WireGuard failed: %s", exc)
-            return
-        proxies = {s.local_endpoint: relay for (p, relay), s in self._sessions.items() if s.local_endpoint}
-        for peer in status.peers:
-            key = peer.public_key
-            if key not in self.engine.peers:
-                continue
-            self._watch_silence(key, peer.rx_bytes)
-            last = self._last_handshake.get(key)
-            self._last_handshake[key] = peer.latest_handshake
-            # last None: the first look after start, an old handshake, not a new one.
-            if peer.latest_handshake == 0 or last is None or peer.latest_handshake == last:
-                continue
-            endpoint = peer.endpoint
-            if endpoint is None:
-                continue
-            relay = proxies.get(endpoint)
-            if relay is not None:
-                event = HandshakeObserved(at=self.now(), peer=key, relay=relay)
-            else:
-                try:
-                    endpoint = v.parse_endpoint(endpoint)
-                except v.InvalidValue:
-                    continue
-                if endpoint.startswith("127."):
-                    continue  # a proxy port of a session already closed
-                event = HandshakeObserved(at=self.now(), peer=key, endpoint=endpoint)
-            self._first_handshake_ms.setdefault(key, event.at)
-            self.feed(event)
-
-    def silence_limit_ms(self) -> int:
-        """Nothing received for three keepalive intervals (plus slack): the path is dead."""
-        return 3 * self.config.persistent_keepalive * 1000 + 1000
-
-    def _watch_silence(self, peer: str, rx_bytes: int) -> None:
-        """Report PathSilent once when a connected peer's receive counter stops moving.
-
-        WireGuard renews a handshake only every two minutes, so the handshake age
-        shows a dead path after up to 180 s; with persistent keepalive on, a live
-        path receives something every interval, so a still counter says it sooner.
-        """
-        now = self.now()
-        seen = self._rx.get(peer)
-        if seen is None or seen[0] != rx_bytes:
-            self._rx[peer] = (rx_bytes, now)
-            self._silence_reported.discard(peer)
-            return
-        record = self.engine.peers[peer]
-        limit = self.silence_limit_ms()
-        if (
-            record.state in lc.CONNECTED_STATES
-            and peer not in self._silence_reported
-            and now - seen[1] >= limit
-            and now - record.since >= limit
-        ):
-            self._silence_reported.add(peer)
-            self.feed(PathSilent(at=now, peer=peer, silent_ms=now - seen[1]))
-
-    def _poll_rendezvous(self) -> None:
-        try:
-            records = self.rendezvous.poll(self.me, self._rv_seq)
-        except Exception as exc:  # a busy database must not stop the node
-            log.error("reading the rendezvous failed: %s", exc)
-            return
-        if not records:
-            return
-        self._rv_seq = records[-1].seq
-        self._rv_records.extend(r for r in records if r.recipient == self.me)
-        for record in records:
-            if record.kind == "candidates" and record.sender in self.engine.peers:
-                spec = self.config.peer(record.sender)
-                update = self._published_candidates(record, spec.endpoints if spec else ())
-                if isinstance(update, InputRejected):
-                    self.feed(update)  # recorded, and the node goes on
-                    continue
-                peer = self.engine.peers[record.sender]
-                if update.candidates != peer.candidates and peer.state != lc.REMOVED:
-                    self.feed(update)
-        for peer in {r.sender for r in records if r.recipient == self.me}:
-            latest = latest_relay_address(self._rv_records, peer)
-            current = self._remote.get(peer)
-            if latest is None:
-                self._remote.pop(peer, None)
-                continue
-            if current is not None and current[0] == latest.seq:
-                continue
-            self._remote[peer] = (latest.seq, latest.payload["address"])
-            for (p, _relay), session in self._sessions.items():
-                if p == peer and session.remote is not None:
-                    self._spawn(self._rebind(session, latest.payload["address"]))
-
-    def _published_candidates(self, record: Any, known: tuple[str, ...]) -> CandidatesUpdated | InputRejected:
-        """The candidates a rendezvous record publishes (after the configured ones), or their refusal."""
-        payload = record.payload if isinstance(record.payload, dict) else {}
-        published = payload.get("candidates", ())
-        if not isinstance(published, list):
-            published = [published]
-        return intake.candidates_updated(
-            self.now(), "rendezvous", peer=record.sender, candidates=list(known) + published
-        )
+    # ---- relays (continued) ----------------------------------------------------------
 
     async def _rebind(self, session: TurnSession, remote: str) -> None:
         try:
@@ -633,6 +436,9 @@ class Agent:
             log.error("rebinding %r to the peer's new relayed address failed: %s", session, exc)
 
     def _publish_candidates(self) -> None:
+        if self.proxy is not None or self.config.advertise_host or self.config.port_mapping:
+            dp.publish_candidates(self)
+            return
         candidates = list(self.config.extra_candidates)
         if self.config.advertise_reflexive:
             for spec in self.config.relays:
@@ -643,23 +449,6 @@ class Agent:
         unique = tuple(dict.fromkeys(candidates))
         if unique:
             self.rendezvous.publish_candidates(self.now(), self.me, unique)
-
-
-def stun_public_ip(host: str, port: int, timeout: float = 1.0) -> str | None:
-    """This host's public IP as a STUN server sees it (a Binding request, no credentials)."""
-    from aioice import stun
-
-    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.sendto(bytes(request), (host, port))
-            data, _ = sock.recvfrom(2048)
-            response = stun.parse_message(data)
-        except (OSError, ValueError):
-            return None
-    mapped = response.attributes.get("XOR-MAPPED-ADDRESS")
-    return mapped[0] if mapped else None
 
 
 async def run_agent(

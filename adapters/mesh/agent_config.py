@@ -8,6 +8,13 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
     node = "a"                       # names this node's streams: node/<node>/...
     persistent_keepalive = 1         # seconds; keeps NAT mappings and TURN channels warm
     advertise_reflexive = true       # publish <public ip>:<listen port> via the rendezvous
+    advertise_host = true            # publish every interface address with the listen port
+    port_mapping = true              # ask the router for a mapping (UPnP IGD, NAT-PMP/PCP)
+    data_plane = "proxy"             # proxy: the agent owns the public port (docs/real-mesh.md)
+                                     # endpoint: WireGuard owns it; probes move its endpoint
+    listen_port = 51820              # the public UDP port (proxy); WireGuard moves to a free one
+    probe_secret_env = "NATRELAY_PROBE_SECRET"   # the per-mesh secret that keys the probes
+    # probe_secret_file = "/etc/natrelay/mesh.secret"
 
     [credentials]                    # default for every relay; a relay may override
     username_env = "NATRELAY_TURN_USER"
@@ -91,6 +98,32 @@ class AgentConfig:
     persistent_keepalive: int = 1
     advertise_reflexive: bool = True
     extra_candidates: tuple[str, ...] = ()
+    advertise_host: bool = True
+    port_mapping: bool = True
+    data_plane: str = "proxy"
+    listen_port: int = 51820
+    probe_secret_env: str | None = "NATRELAY_PROBE_SECRET"
+    probe_secret_file: str | None = None
+
+    def probe_secret(self) -> bytes:
+        """The per-mesh probe secret; a `ConfigError` names where it was looked for."""
+        if self.probe_secret_file is not None:
+            try:
+                secret = Path(self.probe_secret_file).read_bytes().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the probe secret file {self.probe_secret_file}: {exc.strerror}"
+                ) from None
+        else:
+            import os
+
+            secret = os.environ.get(self.probe_secret_env or "", "").encode()
+        if len(secret) < 16:
+            where = self.probe_secret_file or f"${self.probe_secret_env}"
+            raise ConfigError(
+                f"probe secret ({where}): expected at least 16 bytes shared by every node of the mesh"
+            )
+        return secret
 
     def peer(self, public_key: str) -> PeerSpec | None:
         return next((p for p in self.peers if p.public_key == public_key), None)
@@ -104,6 +137,12 @@ _TOP_KEYS = {
     "node",
     "persistent_keepalive",
     "advertise_reflexive",
+    "advertise_host",
+    "port_mapping",
+    "data_plane",
+    "listen_port",
+    "probe_secret_env",
+    "probe_secret_file",
     "candidates",
     "credentials",
     "policy",
@@ -282,7 +321,25 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
     advertise = data.get("advertise_reflexive", True)
     if not isinstance(advertise, bool):
         raise _fail(f"{source}: advertise_reflexive", "true or false", advertise)
+    flags = {}
+    for key in ("advertise_host", "port_mapping"):
+        flag = data.get(key, True)
+        if not isinstance(flag, bool):
+            raise _fail(f"{source}: {key}", "true or false", flag)
+        flags[key] = flag
+    data_plane = data.get("data_plane", "proxy")
+    if data_plane not in ("proxy", "endpoint"):
+        raise _fail(f"{source}: data_plane", "proxy or endpoint", data_plane)
+    listen_port = data.get("listen_port", 51820)
+    if type(listen_port) is not int or not 1 <= listen_port <= 65535:
+        raise _fail(f"{source}: listen_port", "a UDP port in 1-65535", listen_port)
     return AgentConfig(
+        advertise_host=flags["advertise_host"],
+        port_mapping=flags["port_mapping"],
+        data_plane=data_plane,
+        listen_port=listen_port,
+        probe_secret_env=_string(data, "probe_secret_env", f"{source}:", "NATRELAY_PROBE_SECRET"),
+        probe_secret_file=_string(data, "probe_secret_file", f"{source}:"),
         node=node,
         peers=tuple(peers),
         relays=tuple(relays),

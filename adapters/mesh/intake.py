@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from natrelay.core import values as v
-from natrelay.core.events import CandidatesUpdated, InputRejected, PeerAdded, RelayAnnounced
+from natrelay.core.events import CANDIDATE_KINDS, CandidatesUpdated, InputRejected, PeerAdded, RelayAnnounced
 
 #: How much of an offending value is kept in the log.
 SUBJECT_CHARS = 120
@@ -86,15 +86,29 @@ def peer_added(
         return rejected(at, source, peer, f"peer refused: {exc}")
 
 
+def candidate_kinds(candidates: tuple[str, ...], kinds: object) -> tuple[str, ...]:
+    """Each candidate's kind from an outside ``{endpoint: kind}`` mapping ("" when unnamed)."""
+    if not isinstance(kinds, dict) or not kinds:
+        return ()
+    named = {}
+    for endpoint, kind in kinds.items():
+        try:
+            named[v.parse_endpoint(endpoint)] = kind if kind in CANDIDATE_KINDS else ""
+        except v.InvalidValue:
+            continue
+    return tuple(named.get(c, "") for c in candidates)
+
+
 def candidates_updated(
-    at: int, source: str, *, peer: object, candidates: object
+    at: int, source: str, *, peer: object, candidates: object, kinds: object = None
 ) -> CandidatesUpdated | InputRejected:
     """New candidates for a peer from outside, or their refusal (the subject is the peer)."""
     problem = _key_problem(peer)
     if problem is not None:
         return rejected(at, source, peer, problem)
     try:
-        return CandidatesUpdated(at=at, peer=peer, candidates=candidate_list(candidates))  # type: ignore[arg-type]
+        listed = candidate_list(candidates)
+        return CandidatesUpdated(at=at, peer=peer, candidates=listed, kinds=candidate_kinds(listed, kinds))  # type: ignore[arg-type]
     except (v.InvalidValue, TypeError) as exc:
         return rejected(at, source, peer, f"candidates refused: {exc}")
 

@@ -16,17 +16,26 @@ Rules of this module:
   observations (``CandidatesUpdated``) that go through the event log like any other.
 - The table is separate from the event log's own table so that the log keeps only event
   types the engine knows, and ``replay --verify`` is untouched by rendezvous traffic.
+- On PostgreSQL every publication notifies ``natrelay_rendezvous`` at commit, and
+  ``listen`` delivers those (and the event log's own ``natrelay_events``) to the agent,
+  which then reads at once instead of polling. SQLite has no notifications: the agent
+  polls, backing off while nothing changes (``adapters.mesh.observe``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import attrs
 import orjson
 import sqlalchemy as sa
 
+from natrelay.eventlog.backends import CHANNEL as EVENTS_CHANNEL
 from natrelay.eventlog.location import parse_location
+
+#: The PostgreSQL channel every publication notifies.
+CHANNEL = "natrelay_rendezvous"
 
 RecordKind = Literal["candidates", "relay_address", "relay_withdrawn"]
 
@@ -92,6 +101,31 @@ class Rendezvous:
     def close(self) -> None:
         self.engine.dispose()
 
+    @property
+    def notifies(self) -> bool:
+        """Whether publications wake listeners (PostgreSQL), or readers must poll (SQLite)."""
+        return self.engine.dialect.name == "postgresql"
+
+    async def listen(
+        self,
+        on_notify: Callable[[str], None],
+        channels: Sequence[str] = (CHANNEL, EVENTS_CHANNEL),
+    ) -> None:
+        """Until cancelled, call ``on_notify(channel)`` at each notification (PostgreSQL only).
+
+        One connection of its own, outside the pool, in the caller's event loop: no thread,
+        no timer; the loop sleeps until PostgreSQL sends something.
+        """
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            for channel in channels:
+                await conn.execute(f"LISTEN {channel}")
+            async for notification in conn.notifies():
+                on_notify(notification.channel)
+
     def _publish(
         self, at: int, sender: str, recipient: str | None, kind: RecordKind, payload: dict[str, Any]
     ) -> int:
@@ -105,11 +139,19 @@ class Rendezvous:
                     payload=orjson.dumps(payload, option=orjson.OPT_SORT_KEYS),
                 )
             )
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+            seq = int(result.inserted_primary_key[0])  # type: ignore[index]
+            if self.notifies:
+                conn.execute(sa.text(f"NOTIFY {CHANNEL}, '{seq}'"))
+            return seq
 
-    def publish_candidates(self, at: int, sender: str, candidates: tuple[str, ...]) -> int:
-        """``sender`` can be reached at these endpoints (to everyone)."""
-        return self._publish(at, sender, None, "candidates", {"candidates": list(candidates)})
+    def publish_candidates(
+        self, at: int, sender: str, candidates: tuple[str, ...], kinds: dict[str, str] | None = None
+    ) -> int:
+        """``sender`` can be reached at these endpoints (to everyone); ``kinds``: endpoint -> kind."""
+        payload: dict[str, Any] = {"candidates": list(candidates)}
+        if kinds:
+            payload["kinds"] = dict(kinds)
+        return self._publish(at, sender, None, "candidates", payload)
 
     def publish_relay_address(
         self, at: int, sender: str, recipient: str, relay: str, session: str, address: str

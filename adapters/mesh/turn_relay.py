@@ -189,6 +189,9 @@ class TurnSession:
     max_probe_failures: int = 3
     lifetime: int = 600
     on_dead: Callable[[TurnSession, str], None] | None = None
+    #: With a sink (the path proxy), what the relay delivers goes to it and no local
+    #: proxy port is opened; the proxy sends with ``send``.
+    sink: Callable[[bytes], None] | None = None
     session_id: str = attrs.field(factory=lambda: secrets.token_hex(6))
 
     relayed_address: str | None = None
@@ -251,9 +254,10 @@ class TurnSession:
         self._inner = _inner_protocol(self._turn)
         self.relayed_address = _fmt(self._turn.get_extra_info("sockname"))
         self.mapped_address = _fmt(self._turn.get_extra_info("related_address"))
-        self._local, _ = await loop.create_datagram_endpoint(
-            lambda: _FromWireGuard(self), local_addr=("127.0.0.1", 0)
-        )
+        if self.sink is None:
+            self._local, _ = await loop.create_datagram_endpoint(
+                lambda: _FromWireGuard(self), local_addr=("127.0.0.1", 0)
+            )
         self._last_refresh = time.monotonic()
         self._tasks.append(asyncio.create_task(self._monitor(), name=f"turn-{self.session_id}"))
         return self.relayed_address or ""
@@ -289,7 +293,20 @@ class TurnSession:
         self._turn.sendto(data, _addr(self.remote))
         self.forwarded_out += 1
 
+    def send(self, data: bytes) -> bool:
+        """Send one datagram to the peer's relayed address; False when not bound yet."""
+        if self.remote is None or self._turn is None or self.closed:
+            return False
+        self._turn.sendto(data, _addr(self.remote))
+        self.forwarded_out += 1
+        return True
+
     def _from_relay(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.sink is not None:
+            if not self.closed:
+                self.forwarded_in += 1
+                self.sink(data)
+            return
         if self._local is None or self.wireguard_addr is None or self.closed:
             return
         self._local.sendto(data, self.wireguard_addr)

@@ -60,20 +60,53 @@ class Mesh:
     started_at: dict[str, float] = attrs.field(factory=dict)
     #: How many times each agent had said "agent running" before its latest start.
     runs: dict[str, int] = attrs.field(factory=dict)
+    #: Extra top-level config keys (data_plane, port_mapping, ...).
+    settings: dict[str, Any] = attrs.field(factory=lambda: {"port_mapping": False})
+
+    @property
+    def proxy_mode(self) -> bool:
+        return self.settings.get("data_plane", "proxy") == "proxy"
 
     @property
     def log_path(self) -> Path:
         return self.topo.workdir / "mesh.db"
 
-    def write_config(self, name: str) -> Path:
+    def block_direct(self, name: str, other: str) -> None:
+        """Drop every packet between the two peers' public addresses at ``name``'s router.
+
+        TURN traffic goes to the relays' addresses and passes; only the direct path dies.
+        """
+        router, far = self.topo.peers[name].router_ns, self.topo.peers[other].wan_ip
+        for direction in ("-d", "-s"):
+            run(["iptables", "-I", "FORWARD", direction, far, "-j", "DROP"], ns=router)
+
+    def agent_pid(self, name: str) -> int:
+        """The agent's own pid (`ip netns exec` execs it in place)."""
+        return self.topo._processes[f"agent-{name}"].pid
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`natrelay ARGS` on the shared log, as a person would type it."""
+        return subprocess.run(
+            [sys.executable, "-m", "natrelay.tools.cli", *args], capture_output=True, text=True, timeout=60
+        )
+
+    def write_config(self, name: str, extra: str = "") -> Path:
         topo = self.topo
         cred = topo.workdir / "turn.cred"
         if not cred.exists():
             cred.touch(mode=0o600)
             cred.write_text(f"{topo.turn_user}:{topo.turn_password}\n")
+        secret = topo.workdir / "probe.secret"
+        if not secret.exists():
+            secret.touch(mode=0o600)
+            secret.write_text(topo.turn_password + "-probe-secret\n")
         lines = [
             f"node = {_toml_value(name)}",
             "persistent_keepalive = 1",
+            f"probe_secret_file = {_toml_value(str(secret))}",
+        ]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in self.settings.items()]
+        lines += [
             "",
             "[credentials]",
             f"file = {_toml_value(str(cred))}",
@@ -100,12 +133,13 @@ class Mesh:
                 'region = "lab"',
             ]
         path = topo.workdir / f"agent-{name}.toml"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("\n".join(lines) + "\n" + extra)
         return path
 
-    def start_agent(self, name: str) -> None:
+    def start_agent(self, name: str, extra: str = "") -> None:
+        """Start `name`'s agent; ``extra`` is TOML appended to its config (more [[peers]])."""
         peer = self.topo.peers[name]
-        config = self.write_config(name)
+        config = self.write_config(name, extra)
         self.started_at[name] = time.monotonic()
         self.runs[name] = self.agent_log(name).count("agent running")
         self.topo.spawn(
@@ -170,8 +204,22 @@ class Mesh:
             time.sleep(0.02)
         raise AssertionError(f"timed out after {timeout} s waiting for {what}\n" + self.diagnostics())
 
+    def proxy_path(self, name: str, other: str) -> tuple[str, str] | None:
+        """The path `name`'s proxy sends `other`'s packets on, from its agent's log."""
+        key = self.topo.peers[other].public_key[:8]
+        found = None
+        for line in self.agent_log(name).splitlines():
+            marker = f"data path of {key}: "
+            if marker in line:
+                kind, _, where = line.split(marker, 1)[1].partition(" ")
+                found = (kind, where.strip())
+        return found
+
     def path_kind(self, name: str, other: str) -> str | None:
-        """'relay' when WireGuard points at a local TURN proxy, 'direct' for a public address."""
+        """'relay' or 'direct': the proxy's path, or where WireGuard points (endpoint mode)."""
+        if self.proxy_mode:
+            path = self.proxy_path(name, other)
+            return None if path is None else path[0]
         endpoint = self.peer_endpoint(name, other)
         if endpoint is None:
             return None
@@ -184,12 +232,14 @@ class Mesh:
         a, b = pair
 
         def ok() -> bool:
+            # Through the proxy, WireGuard's session survives path switches: no new
+            # handshake is needed, a ping through the tunnel shows the path carries.
             return all(
                 self.path_kind(x, y) == kind
-                and self.latest_handshake(x, y) > since
+                and (self.proxy_mode or self.latest_handshake(x, y) > since)
                 and self.engine_path(x) == kind
                 for x, y in ((a, b), (b, a))
-            )
+            ) and (not self.proxy_mode or self.ping(a, b, tries=1))
 
         return self.wait_for(f"a {kind} handshake between {a} and {b}", ok, timeout)
 

@@ -42,11 +42,21 @@ class FakeWireGuard:
 
     peers: dict[str, PeerStatus] = attrs.field(factory=dict)
 
-    def show(self) -> InterfaceStatus:
+    def show(self, only: object = None) -> InterfaceStatus:
         return InterfaceStatus(ME, 51820, None, tuple(self.peers.values()))
 
     def add_peer(self, peer: PeerConfig) -> None:
         self.peers[peer.public_key] = PeerStatus(peer.public_key, None, peer.allowed_ips, 0, 0, 0, None)
+
+    def add_peers(self, peers: list[PeerConfig]) -> None:
+        for peer in peers:
+            self.add_peer(peer)
+
+    def generations(self) -> dict[str, int]:
+        return {}
+
+    def generation(self, public_key: str) -> int:
+        return 0
 
     def remove_peer(self, public_key: str) -> None:
         self.peers.pop(public_key, None)
@@ -60,6 +70,7 @@ def agent_config(tmp_path: Path) -> Path:
     path.write_text(
         f"""
 node = "a"
+data_plane = "endpoint"
 advertise_reflexive = false
 
 [credentials]

@@ -48,6 +48,13 @@ def test_bench_reports_every_measure_on_sqlite_and_postgresql() -> None:
         "rebuild_snapshot_s",
         "engine_eps_30_peers",
         "engine_eps_300_peers",
+        "serve_decisions_per_s_sqlite",
+        "serve_rtt_p50_ms_sqlite",
+        "serve_rtt_p99_ms_sqlite",
+        "serve_4_agents_decisions_per_s_sqlite",
+        "serve_in_process_decisions_per_s_sqlite",
+        "serve_decisions_per_s_pg",
+        "serve_rtt_p99_ms_pg",
     }
     assert keys <= set(data), sorted(keys - set(data))
     assert all(data[key] > 0 for key in keys), {key: data[key] for key in keys}

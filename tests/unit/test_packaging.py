@@ -44,15 +44,21 @@ PACKAGE_DIRS = {
     if name.startswith("natrelay.")
 }
 #: The extra an optional import belongs to, by its top-level import name.
-OPTIONAL = {"matplotlib": "sim", "psycopg": "postgres", "hypothesis": "fuzz", "eventsourcing": "bench"}
+OPTIONAL = {
+    "matplotlib": "sim",
+    "psycopg": "postgres",
+    "hypothesis": "fuzz",
+    "eventsourcing": "bench",
+    "pyroute2": "kernel",
+}
 #: Modules that are an optional extra's own: they may import it at module level (and are imported lazily).
 EXTRA_MODULES = {"natrelay.tools.fuzz.machine": "fuzz"}
 #: Import name -> distribution, where the two differ.
 DISTRIBUTION = {"attr": "attrs"}
 #: Files in package folders that are scripts of the repository (tools/*.sh), not package data.
 NOT_PACKAGE_DATA = re.compile(r"tools/[^/]+\.sh")
-#: What the tests import beyond the distribution (dev extra); local helpers of tests/e2e.
-TEST_LOCAL = {"tests", "mesh", "conftest"}
+#: The tests' own package; helpers beside a test (tests/e2e/mesh.py) are local too.
+TEST_LOCAL = {"tests", "conftest"}
 
 
 @attrs.frozen
@@ -264,9 +270,10 @@ def test_tests_import_only_what_dev_declares() -> None:
     allowed = extras()["dev"] | extras()["base"]
     problems = []
     for path in sorted((ROOT / "tests").rglob("*.py")):
+        beside = {sibling.stem for sibling in path.parent.glob("*.py")}
         for item in imports_of("tests.x", path):
             top = third_party(item.name)
-            if top is None or top in TEST_LOCAL or item.type_only:
+            if top is None or top in TEST_LOCAL or top in beside or item.type_only:
                 continue
             if distribution(top) not in allowed:
                 problems.append(f"{path.relative_to(ROOT)}:{item.line} imports {top}")

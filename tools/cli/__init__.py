@@ -26,6 +26,7 @@ from natrelay.tools.cli import (
     cmd_fuzz,
     cmd_plot,
     cmd_replay,
+    cmd_serve,
     cmd_simulate,
     cmd_status,
     cmd_timeline,
@@ -47,6 +48,7 @@ VERBS = (
     cmd_demo,
     cmd_bench,
     cmd_agent,
+    cmd_serve,
 )
 for _verb in VERBS:
     _verb.register(app)

@@ -1,0 +1,140 @@
+"""The agent's start-up: open the log, configure WireGuard, announce, publish, resume.
+
+This module owns what ``Agent.start`` does before the loop (``adapters.mesh.observe``)
+runs: rebuilding the engine from the log, adding every configured peer to WireGuard in
+one transaction, writing this start into the node's own stream (``PolicySet``), waiting
+briefly for new peers' candidates, and putting the data plane back where the log says
+the engine is. It is a mixin of ``Agent`` (``adapters/mesh/agent.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from natrelay.adapters.mesh import data_plane as dp
+from natrelay.adapters.mesh.rendezvous import Rendezvous
+from natrelay.adapters.mesh.wireguard import PeerConfig, WireGuard
+from natrelay.core import lifecycle as lc
+from natrelay.core.engine import Engine
+from natrelay.core.events import (
+    InputRejected,
+    PeerAdded,
+    PeerRemoved,
+    PolicySet,
+    RelaySessionClosed,
+    RelaySessionFailed,
+)
+from natrelay.eventlog import EventLog
+
+if TYPE_CHECKING:
+    from natrelay.adapters.mesh.agent import Agent
+
+
+class Starting:
+    """``Agent.start`` and what it needs (see the module docstring)."""
+
+    def start(self: Agent) -> None:
+        """Open the log, rebuild the engine, configure WireGuard, announce, publish."""
+        cfg = self.config
+        self.log = EventLog.open(self.log_url)
+        self.rendezvous = Rendezvous(self.log_url)
+        self._rebuild()
+        self.wireguard = self.wireguard or WireGuard(self.interface)
+        status = self.wireguard.show()
+        self.me, self.listen_port = status.public_key, status.listen_port
+        for spec in cfg.relays:
+            self._credentials[spec.server.relay_id] = spec.credentials.load()
+        dp.open_data_plane(self, status)
+        # One transaction for all peers (one UAPI write; one `wg set` a peer without UAPI).
+        # In proxy mode each peer's endpoint is its loopback port of the path proxy.
+        self.wireguard.add_peers(
+            [
+                PeerConfig(
+                    p.public_key,
+                    p.allowed_ips,
+                    self.proxy.add_peer(p.public_key) if self.proxy else None,
+                    cfg.persistent_keepalive,
+                )
+                for p in cfg.peers
+            ]
+        )
+        if self._seen_seq == 0:
+            self.engine = Engine(cfg.policy)
+        # Every start is an event in this node's own stream, whatever the log holds already:
+        # `nodes_in` (replay, status, timeline --node) knows a node by it. Deciding "fresh"
+        # from the node's whole view missed a node started after another had announced
+        # relays (its view was not empty, its own stream was), with the default policy.
+        self.feed(PolicySet(at=self.now(), policy=cfg.policy))
+        for spec in cfg.relays:
+            self._announce_once(spec.server.relay_id, spec.server.region, spec.server.address)
+        self._resume()
+        self._publish_candidates()
+        live = {k for k, r in self.engine.peers.items() if r.state != lc.REMOVED}
+        new = [p for p in cfg.peers if p.public_key not in live]
+        published = self._await_candidates([p.public_key for p in new])
+        for peer in new:
+            candidates = tuple(dict.fromkeys(peer.endpoints + published.get(peer.public_key, ())))
+            named = {
+                **self._published_kinds.get(peer.public_key, {}),
+                **dict.fromkeys(peer.endpoints, "configured"),
+            }
+            self.feed(
+                PeerAdded(
+                    at=self.now(),
+                    peer=peer.public_key,
+                    name=peer.name,
+                    candidates=candidates,
+                    kinds=tuple(named.get(c, "") for c in candidates) if named else (),
+                    access=peer.access,  # type: ignore[arg-type]
+                    preferred_region=peer.preferred_region,
+                )
+            )
+        configured = {p.public_key for p in cfg.peers}
+        for key in sorted(live - configured):
+            self.feed(PeerRemoved(at=self.now(), peer=key))
+
+    def _await_candidates(self: Agent, peers: list[str]) -> dict[str, tuple[str, ...]]:
+        """Candidates new peers published, waiting up to `startup_wait` s for those not yet."""
+        found: dict[str, tuple[str, ...]] = {}
+        rejected: set[int] = set()
+        deadline = time.monotonic() + self.startup_wait
+        while True:
+            for record in self.rendezvous.poll(self.me, 0):
+                if record.kind == "candidates" and record.sender in peers:
+                    update = self._published_candidates(record, ())
+                    if isinstance(update, InputRejected):
+                        if record.seq not in rejected:
+                            rejected.add(record.seq)
+                            self._pending.append(update)  # recorded at the first step
+                    else:
+                        found[record.sender] = update.candidates
+                        self._published_kinds[record.sender] = dict(
+                            zip(update.candidates, update.kinds, strict=False)
+                        )
+            if len(found) == len(peers) or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
+
+    def _resume(self: Agent) -> None:
+        """Put the data plane back where the log says the engine is."""
+        for key, record in sorted(self.engine.peers.items()):
+            if record.state == lc.RELAY_CONNECTED and record.path and record.session:
+                self.feed(
+                    RelaySessionClosed(
+                        at=self.now(),
+                        peer=key,
+                        relay=record.path,
+                        session=record.session,
+                        reason="agent restarted",
+                    )
+                )
+            elif record.relay_pending is not None:
+                self.feed(
+                    RelaySessionFailed(
+                        at=self.now(), peer=key, relay=record.relay_pending, reason="agent restarted"
+                    )
+                )
+            elif record.state == lc.DIRECT_CONNECTED and record.path:
+                self._set_endpoint(key, record.path)
+                self._path[key] = ("direct", record.path)

@@ -1,0 +1,87 @@
+"""iperf3 through the tunnel: the agent's proxy against plain wireguard-go, same namespaces, same run.
+
+    python tests/e2e/bench_iperf.py direct   # proxy on a direct path, then plain wireguard-go
+    python tests/e2e/bench_iperf.py relay    # through coturn (symmetric NATs); agents' CPU
+
+A benchmark, not a test (throughput is never asserted): numbers go to BENCHMARKS.md.
+Root and the e2e prerequisites (plus iperf3) are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from mesh import Mesh
+
+from natrelay.tools.topology import Topology, run
+
+
+def cpu(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    f = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def iperf(t: Topology, secs: int = 5) -> float:
+    """Mbit/s received by b from a through the tunnel."""
+    out = run(
+        ["iperf3", "-c", t.peers["b"].tunnel_ip, "-t", str(secs), "-J"], ns=t.peers["a"].ns, timeout=secs + 20
+    ).stdout
+    end = json.loads(out)["end"]
+    print(f"  (retransmits: {end['sum_sent'].get('retransmits')})", flush=True)
+    return end["sum_received"]["bits_per_second"] / 1e6
+
+
+kind = sys.argv[1] if len(sys.argv) > 1 else "direct"
+t = Topology()
+t.start()
+t.add_relay("r1")
+t.add_relay("r2")
+nat = "symmetric" if kind == "relay" else "preserving"
+t.add_peer("a", nat)
+t.add_peer("b", nat)
+m = Mesh(t)
+m.policy = {}
+try:
+    m.start_agent("a")
+    m.start_agent("b")
+    m.wait_path(kind, 60)
+    t.spawn("iperf-s", ["iperf3", "-s"], ns=t.peers["b"].ns)
+    time.sleep(0.5)
+    pa, pb = t._processes["agent-a"].pid, t._processes["agent-b"].pid
+    c0, t0 = cpu(pa) + cpu(pb), time.time()
+    r1 = iperf(t)
+    c1, t1 = cpu(pa) + cpu(pb), time.time()
+    print(
+        f"{kind} through the agent: {r1:.0f} Mbit/s; "
+        f"agents' CPU {100 * (c1 - c0) / (t1 - t0):.0f} % of one core (both)",
+        flush=True,
+    )
+    if kind == "direct":
+        m.stop_agent("a")
+        m.stop_agent("b")
+        for x, y in (("a", "b"), ("b", "a")):
+            run(
+                [
+                    "wg",
+                    "set",
+                    t.peers[x].wg_if,
+                    "peer",
+                    t.peers[y].public_key,
+                    "endpoint",
+                    f"{t.peers[y].wan_ip}:51820",
+                ],
+                ns=t.peers[x].ns,
+            )
+        time.sleep(3)
+        print("plain ping", m.ping("a", "b"))
+        r2 = iperf(t)
+        print(f"plain wireguard-go: {r2:.0f} Mbit/s; ratio {r1 / r2:.2f}", flush=True)
+finally:
+    t.teardown()

@@ -1,0 +1,47 @@
+"""Candidate kinds in the log: schema version 2 of peer_added and candidates_updated."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from natrelay.adapters.mesh import intake
+from natrelay.core import codec
+from natrelay.core import values as v
+from natrelay.core.events import CandidatesUpdated, PeerAdded
+from tests.conftest import make_key
+
+KEY = make_key(1)
+
+
+def test_version_1_events_upcast_to_unknown_kinds() -> None:
+    old = orjson.dumps({"at": 5, "peer": KEY, "candidates": ["10.1.0.2:51820"], "nat_type": None})
+    event = codec.decode("candidates_updated", 1, old)
+    assert event == CandidatesUpdated(at=5, peer=KEY, candidates=("10.1.0.2:51820",), kinds=())
+    added = codec.decode("peer_added", 1, orjson.dumps({"at": 5, "peer": KEY, "candidates": []}))
+    assert isinstance(added, PeerAdded) and added.kinds == ()
+
+
+def test_kinds_roundtrip_and_must_match_the_candidates() -> None:
+    event = CandidatesUpdated(
+        at=1, peer=KEY, candidates=("10.1.0.2:51820", "1.2.3.4:51820"), kinds=("host", "")
+    )
+    encoded = codec.encode(event)
+    assert encoded.schema_version == 2
+    assert codec.decode(encoded.type, encoded.schema_version, encoded.payload) == event
+    with pytest.raises(v.InvalidValue, match="2 kinds for 1 candidates"):
+        CandidatesUpdated(at=1, peer=KEY, candidates=("10.1.0.2:51820",), kinds=("host", "mapped"))
+    with pytest.raises(v.InvalidValue, match="is not one of"):
+        CandidatesUpdated(at=1, peer=KEY, candidates=("10.1.0.2:51820",), kinds=("wormhole",))
+
+
+def test_published_kinds_follow_the_canonical_candidates() -> None:
+    update = intake.candidates_updated(
+        1,
+        "rendezvous",
+        peer=KEY,
+        candidates=["10.1.0.2:51820", "198.51.99.101:51820"],
+        kinds={"198.51.99.101:51820": "mapped", "10.1.0.2:51820": "host", "9.9.9.9:1": "bogus"},
+    )
+    assert isinstance(update, CandidatesUpdated)
+    assert update.kinds == ("host", "mapped")
