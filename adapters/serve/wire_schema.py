@@ -51,6 +51,7 @@ def _nullable(schema: Schema) -> Schema:
 
 
 def _known_validators() -> dict[Any, Schema]:
+    from natrelay.core import events as events_module
     from natrelay.core import policy as policy_module
 
     return {
@@ -73,6 +74,8 @@ def _known_validators() -> dict[Any, Schema]:
         v.text: {"type": "string", "maxLength": 1000},
         policy_module._non_negative_number: {"type": "number", "minimum": 0},
         policy_module._factor: {"type": "number", "minimum": 1},
+        # one kind per candidate, or none at all ("" where a kind is not known)
+        events_module._kinds: {"type": "array", "items": {"enum": list(events_module.CANDIDATE_KINDS)}},
     }
 
 
