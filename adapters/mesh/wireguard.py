@@ -297,7 +297,7 @@ class WireGuard:
 
     def set_listen_port(self, port: int) -> None:
         """Listen on ``port`` (0: a free one the kernel picks)."""
-        self._run(["wg", "set", self.interface, "listen-port", str(port)])
+        self._tool().run(["wg", "set", self.interface, "listen-port", str(port)])
 
     def remove_peer(self, public_key: str) -> None:
         self.transport.apply(removals=[public_key])
