@@ -9,6 +9,10 @@ Owns the order of effects, which is what makes a node crash-safe:
 If the append fails, the engine is rebuilt from the log, so its state never
 runs ahead of what was committed, and the error propagates.
 
+The node snapshots its engine every `snapshot_every` observations (20,000 by
+default), so `status`, `explain` and a restart read the newest snapshot plus a
+short tail instead of the whole log.
+
 `flush_every > 1` (the simulator's setting) batches several observations per
 append and executes commands at once: faster, but a crash may lose the last
 unflushed batch. The engine never reads a clock; the node passes the time.
@@ -26,6 +30,10 @@ from natrelay.eventlog.replay import rebuild, save_snapshot
 
 from .network import NetworkAdapter
 
+#: Observations between two automatic snapshots of the engine (None: never). Views and restarts
+#: then fold at most this many observations (and their decisions) past the newest snapshot.
+DEFAULT_SNAPSHOT_EVERY = 20_000
+
 
 class Node:
     """One mesh node: its engine, its log, its network."""
@@ -38,7 +46,7 @@ class Node:
         node: str = "local",
         policy: Policy | None = None,
         flush_every: int = 1,
-        snapshot_every: int | None = None,
+        snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
         on_reaction: Callable[[Event, Reaction], None] | None = None,
     ) -> None:
         if flush_every < 1:

@@ -115,6 +115,84 @@ def from_payload(type_name: str, schema_version: int, data: object, seq: int | N
         raise DecodeError(f"{type_name} payload is invalid: {exc}", seq) from None
 
 
+#: A field's declared type -> a cheap check of its JSON value's type (the trusted path checks
+#: types, not values: a payload of the wrong shape still goes to the validating path).
+_TYPE_CHECKS: dict[str, str] = {
+    "int": "type(v) is int",
+    "int | None": "v is None or type(v) is int",
+    "str": "type(v) is str",
+    "str | None": "v is None or type(v) is str",
+    "float": "type(v) is float or type(v) is int",
+    "Purpose": "type(v) is str",
+    "PeerAccess": "type(v) is str",
+    "Literal['direct', 'relay']": "type(v) is str",
+    "tuple[str, ...]": "type(v) is list and all(type(i) is str for i in v)",
+    "tuple[RelayScore, ...]": "type(v) is list",  # the converter builds (validated) RelayScores
+    "Policy": "type(v) is dict",  # the converter builds a (validated) Policy
+}
+
+
+class Untrusted(Exception):
+    """A payload the trusted path will not build: take the validating path."""
+
+
+def _compile_trusted(cls: type[Event]) -> Callable[[Payload], Event]:
+    """A function building `cls` from a payload this code wrote, without running validators.
+
+    Each field's JSON type is checked (a number where a name belongs is refused) and
+    converters still run (a JSON list becomes the tuple the field holds, a nested dict its
+    value); value validators and `__attrs_post_init__` do not: the row was validated when
+    it was made, and `replay --check` validates every row again. A missing or extra field
+    or a wrong type raises, which the caller answers with the validating path.
+    """
+    lines = [
+        "def build(data, new=object.__new__, put=object.__setattr__, cls=cls, Untrusted=Untrusted):",
+        "    if len(data) != count:",
+        "        raise Untrusted",
+        "    event = new(cls)",
+    ]
+    namespace: dict[str, Any] = {"cls": cls, "Untrusted": Untrusted, "count": len(attrs.fields(cls))}
+    for field in attrs.fields(cls):
+        name = field.name
+        assert name.isidentifier()
+        check = _TYPE_CHECKS[str(field.type)]
+        lines.append(f"    v = data[{name!r}]")
+        lines.append(f"    if not ({check}):")
+        lines.append("        raise Untrusted")
+        value = "v"
+        if field.converter is not None:
+            namespace[f"convert_{name}"] = field.converter
+            value = f"convert_{name}(v)"
+        # the slot's own descriptor: twice as fast as object.__setattr__ (frozen classes refuse setattr)
+        slot = next((k.__dict__[name] for k in cls.__mro__ if name in k.__dict__), None)
+        if slot is not None and hasattr(slot, "__set__") and type(slot).__name__ == "member_descriptor":
+            namespace[f"set_{name}"] = slot.__set__
+            lines.append(f"    set_{name}(event, {value})")
+        else:
+            lines.append(f"    put(event, {name!r}, {value})")
+    lines.append("    return event")
+    exec("\n".join(lines), namespace)
+    return namespace["build"]  # type: ignore[no-any-return]
+
+
+#: type -> the trusted builder of its current schema version.
+TRUSTED: dict[str, Callable[[Payload], Event]] = {
+    cls.TYPE: _compile_trusted(cls) for cls in EVENT_TYPES.values()
+}
+
+
+def from_payload_trusted(type_name: str, schema_version: int, data: object, seq: int | None = None) -> Event:
+    """`from_payload` for the log's own rows: no validators on the current schema; anything
+    else (an older schema, a field missing or extra, a wrong type) takes the validating path."""
+    build = TRUSTED.get(type_name)
+    if build is not None and type(data) is dict and schema_version == EVENT_TYPES[type_name].VERSION:
+        try:
+            return build(data)
+        except (KeyError, Untrusted):
+            pass
+    return from_payload(type_name, schema_version, data, seq)
+
+
 def decode(type_name: str, schema_version: int, payload: bytes, seq: int | None = None) -> Event:
     """Turn a stored row back into an event, or raise `DecodeError` naming `seq`."""
     try:

@@ -4,7 +4,7 @@ Each anchor is the `Policy` that makes this engine behave like the system it is
 named after, as far as the engine's knobs reach. The docstring of each gives
 its constants and the source they come from, and what the preset cannot
 reproduce. Pure values: no I/O. The `oracle` is not a policy (no agent could
-run it): it is a strategy inside the simulator (`adapters.sim_network`) that
+run it): it is a strategy inside the simulator (`adapters.sim.simulated_network`) that
 knows the ground truth; `ORACLE` is only its name.
 """
 

@@ -249,6 +249,9 @@ def step_relay(engine: Engine, record: PeerRecord) -> bool:
     # a relay announced just now makes the retry due whatever relay_retry_at says (decide.py)
     if key not in engine._retry_relays_now and (retry_at is None or retry_at > now):
         return False
+    # The announcement's "retry now" is used once: the decision below folds a new
+    # relay_retry_at, and the next step must read that (or the peer never settles).
+    engine._retry_relays_now.discard(key)
     ranking = engine.relay_ranking(record)
     if not ranking:
         tried = f" (failed: {', '.join(record.relays_failed)})" if record.relays_failed else ""

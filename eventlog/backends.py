@@ -72,6 +72,13 @@ class Backend:
             found.update(cursor.fetchall())
         return found
 
+    def next_stream(self, cursor: Any, after: str, inclusive: bool) -> str | None:
+        """The first stream name after `after` in byte order (one index seek), or None."""
+        op = ">=" if inclusive else ">"
+        cursor.execute(f"SELECT min(stream) FROM events WHERE stream {op} {self.param}", [after])
+        value = cursor.fetchone()[0]
+        return None if value is None else str(value)
+
     def fetch_page(self, sql: str, params: list[Any]) -> Callable[[Any], list[Row]]:
         """A function of a cursor returning the rows of one page."""
 
@@ -87,6 +94,7 @@ class Backend:
         to_seq: int | None,
         streams: Sequence[str] | None,
         prefixes: Sequence[str] | None,
+        types: Sequence[str] | None = None,
     ) -> tuple[str, list[Any]]:
         """SQL and fixed parameters of one keyset page; the caller adds `after` before them and
         the page size after them."""
@@ -106,6 +114,10 @@ class Backend:
             params.append(prefix)
         if streams is not None or prefixes is not None:
             where.append("(" + (" OR ".join(alternatives) or "1 = 0") + ")")
+        if types is not None:
+            # one type: the (type, seq) index gives its rows in seq order without a scan
+            where.append(f"type IN ({', '.join([p] * len(types))})" if types else "1 = 0")
+            params.extend(types)
         extra = "".join(f" AND {w}" for w in where)
         sql = f"SELECT {COLUMNS} FROM events WHERE seq > {p}{extra} ORDER BY seq LIMIT {p}"
         return sql, params
@@ -205,6 +217,14 @@ class PostgresBackend(Backend):
 
     def stream_filter(self, streams: Sequence[str]) -> tuple[str, list[Any]]:
         return "stream = ANY(%s)", [list(streams)]
+
+    def next_stream(self, cursor: Any, after: str, inclusive: bool) -> str | None:
+        op = ">=" if inclusive else ">"
+        cursor.execute(
+            f'SELECT min(stream COLLATE "C") FROM events WHERE stream COLLATE "C" {op} %s', [after]
+        )
+        value = cursor.fetchone()[0]
+        return None if value is None else str(value)
 
 
 def backend_for(dialect: str, location: str) -> Backend:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from natrelay.adapters.node import Node
+from natrelay.adapters.node import DEFAULT_SNAPSHOT_EVERY, Node
 from natrelay.core.engine import Engine
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import rebuild
@@ -27,11 +27,14 @@ from .bench_mesh import drive, mesh_inputs
 _mesh_inputs = mesh_inputs
 
 
-def generate_log(path: str, peers: int, duration_ms: int) -> int:
-    """Write a realistic log (the in-memory mesh run for `duration_ms`); return its event count."""
+def generate_log(path: str, peers: int, duration_ms: int, *, snapshots: bool = False) -> int:
+    """Write a realistic log (the in-memory mesh run for `duration_ms`); return its event count.
+
+    `snapshots`: the node's automatic snapshots (off: the rebuild benchmark places its own)."""
     network, setup = mesh_inputs(peers)
     with EventLog.open(path) as log:
-        node = Node(log, network, node="bench", flush_every=2000)
+        every = DEFAULT_SNAPSHOT_EVERY if snapshots else None
+        node = Node(log, network, node="bench", flush_every=2000, snapshot_every=every)
         for event in setup:
             node.observe(event)
         node.run_until(duration_ms)
@@ -89,7 +92,7 @@ def run_benchmarks(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Every benchmark, side by side; keys are stable (BENCHMARKS.md and --json use them)."""
-    from . import bench_log
+    from . import bench_log, bench_views
 
     results: dict[str, Any] = {}
 
@@ -106,6 +109,8 @@ def run_benchmarks(
         generate_log(path, mesh_peers, 600_000)
         say("full replay from SQLite")
         results.update(measure_replay(path))
+        say("full replay beside the raw read floor, same file")
+        results.update(bench_views.measure_replay_floor(path, "bench"))
         if rebuild_events:
             big = str(Path(tmp) / "big.sqlite")
             say(f"a log of about {rebuild_events:,} events for the rebuild benchmark")
@@ -115,6 +120,11 @@ def run_benchmarks(
             for mode in ("zero", "snapshot"):
                 for key, value in measure_rebuild(big, mode).items():
                     results[f"rebuild_{mode}_{key}"] = value
+            viewed = str(Path(tmp) / "views.sqlite")
+            say(f"a log of about {rebuild_events:,} events with the node's own snapshots, for the views")
+            generate_log(viewed, max(100, rebuild_events // 30), 600_000, snapshots=True)
+            say("status, timeline, explain against one snapshot and its tail")
+            results.update(bench_views.measure_views(viewed, "bench"))
     for count, duration in ((max(10, peers // 10), 600_000), (peers, 60_000)):
         say(f"engine decisions in memory, {count:,} peers")
         measured = measure_engine(count, duration)

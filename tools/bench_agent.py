@@ -149,7 +149,17 @@ def _toml(value: object) -> str:
 
 
 def write_config(path: Path, node: str, peers: Sequence[dict[str, object]]) -> Path:
-    lines = [f"node = {_toml(node)}", "advertise_reflexive = false", ""]
+    """The agent's config, in the default data plane (its probes need the mesh's shared secret)."""
+    secret = path.parent / "probe.secret"
+    if not secret.exists():
+        secret.touch(mode=0o600)
+        secret.write_text("bench-agent-probe-secret-" + path.parent.name + "\n")
+    lines = [
+        f"node = {_toml(node)}",
+        "advertise_reflexive = false",
+        f"probe_secret_file = {_toml(str(secret))}",
+        "",
+    ]
     for peer in peers:
         lines.append("[[peers]]")
         lines += [f"{k} = {_toml(v)}" for k, v in peer.items()]

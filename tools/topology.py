@@ -34,96 +34,34 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
 
 import attrs
 
-NatKind = Literal["preserving", "symmetric", "none"]
-
-INTERNET_NET = "203.0.113"
-TUNNEL_NET = "10.77.0"
-TURN_PORT = 3478
-WG_PORT = 51820
-TURN_REALM = "natrelay.test"
-STATE_DIR = Path("/run/natrelay-topology")
-REQUIRED_TOOLS = ("ip", "iptables", "conntrack", "wg", "wireguard-go", "turnserver", "miniupnpd", "nft")
-
-
-class TopologyError(RuntimeError):
-    """A namespace command failed, or a prerequisite is missing."""
-
-
-def missing_prerequisites(tools: Sequence[str] = REQUIRED_TOOLS) -> list[str]:
-    """What is missing to build a topology: tools not on PATH, and root."""
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if os.geteuid() != 0:
-        missing.append("root (network namespaces need uid 0)")
-    if not Path("/dev/net/tun").exists():
-        missing.append("/dev/net/tun (wireguard-go needs it)")
-    return missing
-
-
-def run(
-    cmd: Sequence[str], *, ns: str | None = None, check: bool = True, timeout: float = 20.0
-) -> subprocess.CompletedProcess[str]:
-    """Run a command, inside namespace ``ns`` when given; raise TopologyError on failure."""
-    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
-    try:
-        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TopologyError(f"{' '.join(full)}: {exc}") from exc
-    if check and proc.returncode != 0:
-        detail = proc.stderr.strip() or proc.stdout.strip()
-        raise TopologyError(f"{' '.join(full)} exited {proc.returncode}: {detail}")
-    return proc
-
-
-@attrs.frozen
-class Relay:
-    """A coturn relay on the internet bridge."""
-
-    name: str
-    ns: str
-    ip: str
-    port: int = TURN_PORT
-
-    @property
-    def url(self) -> str:
-        return f"turn:{self.ip}:{self.port}?transport=udp"
-
-
-@attrs.frozen
-class Peer:
-    """A host behind its own NAT router, running wireguard-go on ``wg_if``."""
-
-    name: str
-    ns: str
-    router_ns: str
-    index: int
-    lan_ip: str
-    wan_ip: str
-    wan_if: str
-    wg_if: str
-    tunnel_ip: str
-    private_key: str
-    public_key: str
-    listen_port: int = WG_PORT
-
-    @property
-    def public_endpoint(self) -> str:
-        """Where this peer's WireGuard port appears on the internet when the NAT preserves ports."""
-        return f"{self.wan_ip}:{self.listen_port}"
+from natrelay.tools.topology_nat import NatControls
+from natrelay.tools.topology_shell import (
+    INTERNET_NET,
+    STATE_DIR,
+    TUNNEL_NET,
+    TURN_REALM,
+    NatKind,
+    Peer,
+    Relay,
+    TopologyError,
+    _remove,
+    cleanup_stale,
+    missing_prerequisites,
+    run,
+)
 
 
 @attrs.define
-class Topology:
+class Topology(NatControls):
     """A live namespace topology; use as a context manager so teardown always runs."""
 
     prefix: str = attrs.field(factory=lambda: "nr" + secrets.token_hex(3))
@@ -377,172 +315,6 @@ class Topology:
         run(["ip", "addr", "add", f"{peer.tunnel_ip}/24", "dev", peer.wg_if], ns=peer.ns)
         run(["ip", "link", "set", peer.wg_if, "up"], ns=peer.ns)
 
-    def set_nat(self, name: str, kind: NatKind, flush: str = "all") -> None:
-        """Replace the NAT behaviour of ``name``'s router and flush its conntrack table.
-
-        preserving: MASQUERADE keeps the source port when it can (endpoint-independent
-        mapping). symmetric: ``--random-fully`` picks a new port for every destination.
-        Both drop unsolicited inbound traffic. none: plain routing, no NAT, no filter.
-        ``flush``: "all" forgets every mapping; "wireguard" only the WireGuard port's (other
-        flows, such as a TURN allocation's, keep theirs); "none" keeps them all.
-        """
-        peer_router = self.peers[name].router_ns
-        wan_if = self.peers[name].wan_if
-        for table in ("nat", "filter"):
-            run(["iptables", "-t", table, "-F"], ns=peer_router)
-        if kind != "none":
-            masquerade = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan_if, "-j", "MASQUERADE"]
-            if kind == "symmetric":
-                masquerade.append("--random-fully")
-            run(masquerade, ns=peer_router)
-            for chain in ("INPUT", "FORWARD"):
-                run(
-                    [
-                        "iptables",
-                        "-A",
-                        chain,
-                        "-i",
-                        wan_if,
-                        "-m",
-                        "conntrack",
-                        "--ctstate",
-                        "NEW,INVALID",
-                        "-j",
-                        "DROP",
-                    ],
-                    ns=peer_router,
-                )
-        if flush == "all":
-            self.flush_conntrack(name)
-        elif flush == "wireguard":
-            run(
-                ["conntrack", "-D", "-p", "udp", "--orig-port-src", str(self.peers[name].listen_port)],
-                ns=peer_router,
-                check=False,
-            )
-        self.nats[name] = kind
-
-    def flush_conntrack(self, name: str) -> None:
-        """Forget every NAT mapping of ``name``'s router (the next packet maps anew)."""
-        run(["conntrack", "-F"], ns=self.peers[name].router_ns, check=False)
-
-    def rebind(self, name: str, settle: float = 1.5) -> None:
-        """The NAT of ``name`` rebinds: its WireGuard flow moves to a new external port.
-
-        The router forgets its mappings and, for ``settle`` seconds (longer than the
-        peers' keepalive), maps to ports 40000-40999; then the usual rule comes back
-        without a flush, so the moved mapping stays, as after a NAT reboot.
-        """
-        kind = self.nats[name]
-        router, wan_if = self.peers[name].router_ns, self.peers[name].wan_if
-        run(["iptables", "-t", "nat", "-F"], ns=router)
-        run(
-            [
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                wan_if,
-                "-p",
-                "udp",
-                "-j",
-                "MASQUERADE",
-                "--to-ports",
-                "40000-40999",
-            ],
-            ns=router,
-        )
-        self.flush_conntrack(name)
-        time.sleep(settle)
-        self.set_nat(name, kind, flush="none")
-
-    def start_miniupnpd(self, name: str, *, upnp: bool = True) -> None:
-        """Run miniupnpd (UPnP IGD unless ``upnp`` is False, NAT-PMP and PCP) on ``name``'s router.
-
-        Debian's miniupnpd does not create its nft table and its init script is broken,
-        so the table is made here; the router's iptables FORWARD drop of NEW inbound
-        packets must let DNAT'd ones (the mappings) through.
-        """
-        peer = self.peers[name]
-        router = peer.router_ns
-        if self.internet_net.startswith(("203.0.113", "198.51.100", "192.0.2", "10.", "192.168.")):
-            raise TopologyError("miniupnpd refuses reserved ranges: build with internet_net='198.51.99'")
-        table = f"{self.prefix}upnp"
-        nft = self.workdir / f"nft-{name}.conf"
-        nft.write_text(
-            f"table inet {table} {{\n"
-            "  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }\n"
-            "  chain miniupnpd { }\n"
-            "  chain prerouting { type nat hook prerouting priority -100; policy accept; "
-            "jump prerouting_miniupnpd; }\n"
-            "  chain postrouting { type nat hook postrouting priority 100; policy accept; "
-            "jump postrouting_miniupnpd; }\n"
-            "  chain prerouting_miniupnpd { }\n"
-            "  chain postrouting_miniupnpd { }\n"
-            "}\n"
-        )
-        run(["nft", "-f", str(nft)], ns=router)
-        run(
-            [
-                "iptables",
-                "-I",
-                "FORWARD",
-                "1",
-                "-i",
-                peer.wan_if,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "DNAT",
-                "-j",
-                "ACCEPT",
-            ],
-            ns=router,
-        )
-        lan_if = f"{self.prefix}b{peer.index}"
-        lan_net = peer.lan_ip.rsplit(".", 1)[0]
-        conf = self.workdir / f"miniupnpd-{name}.conf"
-        conf.write_text(
-            f"ext_ifname={peer.wan_if}\nlistening_ip={lan_if}\nenable_natpmp=yes\n"
-            f"enable_upnp={'yes' if upnp else 'no'}\n"
-            f"secure_mode=yes\nupnp_table_name={table}\nupnp_nat_table_name={table}\n"
-            "uuid=3f1c0a9e-5b1d-4c3e-9a55-0123456789ab\n"
-            f"allow 1024-65535 {lan_net}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
-        )
-        self.spawn(
-            f"miniupnpd-{name}",
-            ["miniupnpd", "-f", str(conf), "-P", str(self.workdir / f"miniupnpd-{name}.pid"), "-d"],
-            ns=router,
-            log=self.workdir / f"miniupnpd-{name}.log",
-        )
-        self._wait_udp_listening(router, 5351, what=f"miniupnpd on {name}'s router")
-
-    def upnp_mappings(self, name: str) -> str:
-        """The DNAT rules miniupnpd holds on ``name``'s router (empty when none)."""
-        table = f"{self.prefix}upnp"
-        out = run(
-            ["nft", "list", "chain", "inet", table, "prerouting_miniupnpd"],
-            ns=self.peers[name].router_ns,
-            check=False,
-        ).stdout
-        return "\n".join(line.strip() for line in out.splitlines() if "dnat" in line)
-
-    def block_direct(self, name: str, other: str, blocked: bool = True) -> None:
-        """A firewall in ``name``'s router drops everything to and from ``other``'s router.
-
-        Relayed traffic (to and from the TURN relays) still passes: only the direct path
-        between the two peers dies. ``blocked=False`` removes the rules again.
-        """
-        router, wan_if = self.peers[name].router_ns, self.peers[name].wan_if
-        other_ip = self.peers[other].wan_ip
-        action = "-I" if blocked else "-D"
-        for direction in (["-i", wan_if, "-s", other_ip], ["-o", wan_if, "-d", other_ip]):
-            run(["iptables", action, "FORWARD", *direction, "-j", "DROP"], ns=router)
-
-    # ---- helpers for tests -------------------------------------------------------------
-
     def wg(self, name: str, *args: str) -> str:
         peer = self.peers[name]
         return run(["wg", *args], ns=peer.ns).stdout
@@ -569,51 +341,6 @@ class Topology:
         self._wg_ifs.clear()
         with contextlib.suppress(FileNotFoundError):
             (STATE_DIR / f"{self.prefix}.json").unlink()
-
-
-def _remove(namespaces: Sequence[str], wg_ifs: Sequence[str], workdir: Path | None) -> None:
-    for ns in reversed(namespaces):
-        run(["ip", "netns", "del", ns], check=False)
-    for wg_if in wg_ifs:
-        with contextlib.suppress(FileNotFoundError):
-            Path(f"/var/run/wireguard/{wg_if}.sock").unlink()
-    if workdir is not None:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def cleanup_stale() -> list[str]:
-    """Remove what topologies of dead processes left behind; return their prefixes."""
-    removed: list[str] = []
-    if not STATE_DIR.exists():
-        return removed
-    for state_file in sorted(STATE_DIR.glob("*.json")):
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if _pid_alive(int(state.get("pid", 0))):
-            continue
-        for pid in state.get("processes", {}).values():
-            # Only pids recorded by that run, and only if they still run inside its netns.
-            with contextlib.suppress(OSError):
-                ns_link = os.readlink(f"/proc/{pid}/ns/net")
-                if ns_link != os.readlink("/proc/self/ns/net"):
-                    os.kill(pid, signal.SIGKILL)
-        workdir = state.get("workdir")
-        _remove(state.get("namespaces", []), state.get("wg_ifs", []), Path(workdir) if workdir else None)
-        state_file.unlink(missing_ok=True)
-        removed.append(state_file.stem)
-    return removed
 
 
 @contextlib.contextmanager

@@ -127,8 +127,8 @@ class Agent(Starting, Observing):
     #: peer -> (received bytes, when that count was first seen): the liveness signal.
     _rx: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     _silence_reported: set[str] = attrs.field(factory=set)
-    #: The data plane when the agent owns the public port (data_plane = "proxy").
-    proxy: PathProxy | None = None
+    #: The data plane: a PathProxy (data_plane = "proxy") or a SharedPlane ("shared").
+    proxy: PathProxy | Any = None
     #: Relay sessions the engine closed at an upgrade, kept open until the given time (ms).
     _warm: dict[tuple[str, str], tuple[TurnSession, int]] = attrs.field(factory=dict)
     _port_mapper: Any = None
@@ -354,9 +354,8 @@ class Agent(Starting, Observing):
             spec.server,
             self._credentials[relay],
             peer,
-            wireguard_addr=None if self.proxy else ("127.0.0.1", self.listen_port),
             on_dead=self._session_dead,
-            sink=self.proxy.sink_for(peer) if self.proxy else None,
+            **dp.relay_datapath(self, peer),
         )
         self._sessions[(peer, relay)] = session
         try:

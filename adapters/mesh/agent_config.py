@@ -10,9 +10,12 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
     advertise_reflexive = true       # publish <public ip>:<listen port> via the rendezvous
     advertise_host = true            # publish every interface address with the listen port
     port_mapping = true              # ask the router for a mapping (UPnP IGD, NAT-PMP/PCP)
-    data_plane = "proxy"             # proxy: the agent owns the public port (docs/real-mesh.md)
+    data_plane = "shared"            # shared: WireGuard owns the public port; probes share it
+                                     #   through raw sockets (docs/real-mesh.md, the default)
+                                     # proxy: the agent owns the public port, WireGuard moves
+                                     #   to a free loopback one; every packet crosses the agent
                                      # endpoint: WireGuard owns it; probes move its endpoint
-    listen_port = 51820              # the public UDP port (proxy); WireGuard moves to a free one
+    listen_port = 51820              # the public UDP port (WireGuard's in shared mode)
     probe_secret_env = "NATRELAY_PROBE_SECRET"   # the per-mesh secret that keys the probes
     # probe_secret_file = "/etc/natrelay/mesh.secret"
 
@@ -23,6 +26,7 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
 
     [policy]                         # any natrelay.core.policy.Policy field
     min_direct_attempts = 2
+    # or, instead of [policy]: policy_file = "suggested-policy.toml" (natrelay whatif --sweep)
 
     [[peers]]
     name = "b"
@@ -47,8 +51,13 @@ from typing import Any
 import attrs
 
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnServer
+from natrelay.adapters.policy_file import PolicyFileError, load_policy
 from natrelay.core import values as v
 from natrelay.core.policy import Policy
+
+#: The data planes an agent can run (docs/real-mesh.md, "Hitless data plane").
+DATA_PLANES = ("proxy", "shared", "endpoint")
+DEFAULT_DATA_PLANE = "shared"
 
 
 class ConfigError(ValueError):
@@ -100,7 +109,7 @@ class AgentConfig:
     extra_candidates: tuple[str, ...] = ()
     advertise_host: bool = True
     port_mapping: bool = True
-    data_plane: str = "proxy"
+    data_plane: str = DEFAULT_DATA_PLANE
     listen_port: int = 51820
     probe_secret_env: str | None = "NATRELAY_PROBE_SECRET"
     probe_secret_file: str | None = None
@@ -146,6 +155,7 @@ _TOP_KEYS = {
     "candidates",
     "credentials",
     "policy",
+    "policy_file",
     "peers",
     "relays",
 }
@@ -315,6 +325,8 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         policy = Policy.from_dict(policy_table)
     except (v.InvalidValue, TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: policy: {exc}") from None
+    if "policy_file" in data:
+        policy = _policy_file(data, source)
     keepalive = data.get("persistent_keepalive", 1)
     if type(keepalive) is not int or not 1 <= keepalive <= 65535:
         raise _fail(f"{source}: persistent_keepalive", "an integer of seconds in 1-65535", keepalive)
@@ -327,9 +339,9 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         if not isinstance(flag, bool):
             raise _fail(f"{source}: {key}", "true or false", flag)
         flags[key] = flag
-    data_plane = data.get("data_plane", "proxy")
-    if data_plane not in ("proxy", "endpoint"):
-        raise _fail(f"{source}: data_plane", "proxy or endpoint", data_plane)
+    data_plane = data.get("data_plane", DEFAULT_DATA_PLANE)
+    if data_plane not in DATA_PLANES:
+        raise _fail(f"{source}: data_plane", " or ".join(DATA_PLANES), data_plane)
     listen_port = data.get("listen_port", 51820)
     if type(listen_port) is not int or not 1 <= listen_port <= 65535:
         raise _fail(f"{source}: listen_port", "a UDP port in 1-65535", listen_port)
@@ -348,6 +360,23 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         advertise_reflexive=advertise,
         extra_candidates=_endpoints(data.get("candidates", []), f"{source}: candidates"),
     )
+
+
+def _policy_file(data: dict[str, Any], source: str) -> Policy:
+    """The policy of `policy_file` (a path relative to the config's folder), e.g. the one
+    `natrelay whatif --sweep` suggests; a config has it or a [policy] table, not both."""
+    name = data["policy_file"]
+    if not isinstance(name, str) or not name:
+        raise _fail(f"{source}: policy_file", "a path to a TOML policy file", name)
+    if "policy" in data:
+        raise ConfigError(f"{source}: policy_file: give it or a [policy] table, not both")
+    path = Path(name)
+    if not path.is_absolute():
+        path = Path(source).parent / path
+    try:
+        return load_policy(str(path))
+    except PolicyFileError as exc:
+        raise ConfigError(f"{source}: policy_file: {exc}") from None
 
 
 def load_config(path: str | Path) -> AgentConfig:

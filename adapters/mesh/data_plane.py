@@ -47,8 +47,14 @@ CALL_PROBE_S = 1.5
 
 
 def open_data_plane(agent: Agent, status: InterfaceStatus) -> None:
-    """Proxy mode: move WireGuard off the public port, bind it here, start the proxy."""
+    """Proxy mode: move WireGuard off the public port, bind it here, start the proxy.
+
+    Shared mode (``shared_plane``): WireGuard keeps (or gets) the public port; probes share it.
+    """
     cfg = agent.config
+    if cfg.data_plane == "shared":
+        _open_shared(agent, status)
+        return
     if cfg.data_plane != "proxy":
         return
     assert agent.wireguard is not None
@@ -81,6 +87,56 @@ def open_data_plane(agent: Agent, status: InterfaceStatus) -> None:
         agent._spawn(agent._port_mapper.run())
 
 
+def _open_shared(agent: Agent, status: InterfaceStatus) -> None:
+    from natrelay.adapters.mesh.shared_plane import SharedPlane
+    from natrelay.adapters.mesh.wg_counters import Uapi
+
+    cfg = agent.config
+    assert agent.wireguard is not None
+    secret = cfg.probe_secret()
+    public = cfg.listen_port
+    if status.listen_port != public:
+        try:
+            agent.wireguard.set_listen_port(public)
+        except WireGuardError as exc:
+            raise ConfigError(f"listen_port: WireGuard cannot listen on udp port {public}: {exc}") from None
+    plane = SharedPlane(
+        me=agent.me,
+        secret=secret,
+        public_port=public,
+        wireguard=agent.wireguard,
+        uapi=Uapi(agent.interface),
+        keepalive=cfg.persistent_keepalive,
+        on_answer=lambda peer, addr, rtt, seen: _answered(agent, peer, addr, rtt, seen),
+        on_dead=lambda peer, silent: _dead(agent, peer, silent),
+        on_call=lambda peer: _called(agent, peer),
+    )
+    try:
+        plane.start()
+    except OSError as exc:
+        plane.close()
+        raise ConfigError(f"data_plane = shared: no raw socket ({exc.strerror}); run as root") from None
+    agent.proxy = plane
+    agent.listen_port = public
+    log.info("data plane: shared, WireGuard on udp port %d, probes through raw sockets", public)
+    if cfg.port_mapping:
+        from natrelay.adapters.mesh.port_mapping import PortMapper
+
+        agent._port_mapper = PortMapper(internal_port=public, on_change=lambda: publish_candidates(agent))
+        agent._spawn(agent._port_mapper.run())
+
+
+def relay_datapath(agent: Agent, peer: str) -> dict[str, Any]:
+    """How a TURN session for ``peer`` meets WireGuard (keyword arguments of ``TurnSession``)."""
+    plane = agent.proxy
+    if isinstance(plane, PathProxy):
+        return {"wireguard_addr": None, "sink": plane.sink_for(peer)}
+    wireguard = ("127.0.0.1", agent.listen_port)
+    if plane is None:
+        return {"wireguard_addr": wireguard}
+    return {"wireguard_addr": wireguard, "tap": plane.tap_for(peer)}
+
+
 def close_data_plane(agent: Agent) -> None:
     """Give WireGuard its public port back (a later start moves it again)."""
     if agent._port_mapper is not None:
@@ -89,6 +145,8 @@ def close_data_plane(agent: Agent) -> None:
     if proxy is None:
         return
     proxy.close()
+    if not isinstance(proxy, PathProxy):
+        return  # shared: WireGuard never left its port
     if agent.wireguard is not None:
         try:
             agent.wireguard.set_listen_port(proxy.public_port)
@@ -183,6 +241,12 @@ def rewarm(agent: Agent, peer: str, relay: str) -> bool:
         return False
     agent._sessions[(peer, relay)] = session
     log.info("relay session %s of %s reused warm", session.session_id, peer[:8])
+    remote = agent._remote.get(peer)
+    if remote is not None and remote[1] != session.remote:
+        # The peer opened a new session while ours was warm (warm sessions are not rebound
+        # when the rendezvous changes): without this our relay keeps sending to its old one.
+        log.info("warm session %s of %s rebound to %s", session.session_id, peer[:8], remote[1])
+        agent._spawn(agent._rebind(session, remote[1]))
     agent._pending.append(
         RelaySessionEstablished(at=agent.now(), peer=peer, relay=relay, session=session.session_id)
     )

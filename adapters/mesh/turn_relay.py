@@ -192,6 +192,9 @@ class TurnSession:
     #: With a sink (the path proxy), what the relay delivers goes to it and no local
     #: proxy port is opened; the proxy sends with ``send``.
     sink: Callable[[bytes], None] | None = None
+    #: Sees what the relay delivers before WireGuard does; True: consumed (the shared
+    #: data plane's probes), False: forwarded as usual.
+    tap: Callable[[bytes], bool] | None = None
     session_id: str = attrs.field(factory=lambda: secrets.token_hex(6))
 
     relayed_address: str | None = None
@@ -308,6 +311,8 @@ class TurnSession:
                 self.sink(data)
             return
         if self._local is None or self.wireguard_addr is None or self.closed:
+            return
+        if self.tap is not None and self.tap(data):
             return
         self._local.sendto(data, self.wireguard_addr)
         self.forwarded_in += 1

@@ -222,7 +222,13 @@ class UapiTransport:
         return parse_get(self._exchange(b"get=1\n\n", "get"), only)
 
     def apply(self, peers: Sequence[tuple[PeerConfig, bool]] = (), removals: Sequence[str] = ()) -> None:
-        answer = self._exchange(set_request(peers, removals), "set")
+        self._set(set_request(peers, removals))
+
+    def set_listen_port(self, port: int) -> None:
+        self._set(f"set=1\nlisten_port={int(port)}\n\n".encode())
+
+    def _set(self, request: bytes) -> None:
+        answer = self._exchange(request, "set")
         errno = None
         for line in answer.split("\n"):
             if line.startswith("errno="):

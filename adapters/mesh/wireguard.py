@@ -179,6 +179,9 @@ class WgTool:
         for config, recreate in peers:
             self.run(set_peer_args(self.interface, config, recreate=recreate))
 
+    def set_listen_port(self, port: int) -> None:
+        self.run(["wg", "set", self.interface, "listen-port", str(int(port))])
+
 
 def _only(status: InterfaceStatus, only: Collection[str] | None) -> InterfaceStatus:
     if only is None:
@@ -193,6 +196,8 @@ class Transport(Protocol):
 
     def apply(self, peers: Sequence[tuple[PeerConfig, bool]] = (), removals: Sequence[str] = ()) -> None: ...
 
+    def set_listen_port(self, port: int) -> None: ...
+
 
 @attrs.define
 class _KernelTransport:
@@ -206,6 +211,9 @@ class _KernelTransport:
 
     def apply(self, peers: Sequence[tuple[PeerConfig, bool]] = (), removals: Sequence[str] = ()) -> None:
         self.writer.apply(peers, removals)
+
+    def set_listen_port(self, port: int) -> None:
+        self.writer.set_listen_port(port)
 
 
 @attrs.define
@@ -297,7 +305,7 @@ class WireGuard:
 
     def set_listen_port(self, port: int) -> None:
         """Listen on ``port`` (0: a free one the kernel picks)."""
-        self._tool().run(["wg", "set", self.interface, "listen-port", str(port)])
+        self.transport.set_listen_port(port)
 
     def remove_peer(self, public_key: str) -> None:
         self.transport.apply(removals=[public_key])

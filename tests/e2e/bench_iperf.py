@@ -1,7 +1,11 @@
-"""iperf3 through the tunnel: the agent's proxy against plain wireguard-go, same namespaces, same run.
+"""iperf3 through the tunnel: the agent's data plane against plain wireguard-go, same namespaces, same run.
 
-    python tests/e2e/bench_iperf.py direct   # proxy on a direct path, then plain wireguard-go
-    python tests/e2e/bench_iperf.py relay    # through coturn (symmetric NATs); agents' CPU
+    python tests/e2e/bench_iperf.py direct [proxy|shared] [rounds]   # agent on a direct path, then plain
+    python tests/e2e/bench_iperf.py relay [proxy|shared]             # through coturn (symmetric NATs)
+
+Direct: each round starts the agents, waits for the direct path, runs iperf3 through it,
+stops the agents, points WireGuard at the same endpoints by hand and runs iperf3 again
+(plain wireguard-go), so both numbers of a round share the machine's load of the moment.
 
 A benchmark, not a test (throughput is never asserted): numbers go to BENCHMARKS.md.
 Root and the e2e prerequisites (plus iperf3) are needed.
@@ -38,7 +42,25 @@ def iperf(t: Topology, secs: int = 5) -> float:
     return end["sum_received"]["bits_per_second"] / 1e6
 
 
+def plain_endpoints(t: Topology) -> None:
+    for x, y in (("a", "b"), ("b", "a")):
+        run(
+            [
+                "wg",
+                "set",
+                t.peers[x].wg_if,
+                "peer",
+                t.peers[y].public_key,
+                "endpoint",
+                f"{t.peers[y].wan_ip}:51820",
+            ],
+            ns=t.peers[x].ns,
+        )
+
+
 kind = sys.argv[1] if len(sys.argv) > 1 else "direct"
+plane = sys.argv[2] if len(sys.argv) > 2 else "proxy"
+rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 t = Topology()
 t.start()
 t.add_relay("r1")
@@ -48,40 +70,40 @@ t.add_peer("a", nat)
 t.add_peer("b", nat)
 m = Mesh(t)
 m.policy = {}
+m.settings["data_plane"] = plane
+ratios: list[float] = []
 try:
-    m.start_agent("a")
-    m.start_agent("b")
-    m.wait_path(kind, 60)
     t.spawn("iperf-s", ["iperf3", "-s"], ns=t.peers["b"].ns)
-    time.sleep(0.5)
-    pa, pb = t._processes["agent-a"].pid, t._processes["agent-b"].pid
-    c0, t0 = cpu(pa) + cpu(pb), time.time()
-    r1 = iperf(t)
-    c1, t1 = cpu(pa) + cpu(pb), time.time()
-    print(
-        f"{kind} through the agent: {r1:.0f} Mbit/s; "
-        f"agents' CPU {100 * (c1 - c0) / (t1 - t0):.0f} % of one core (both)",
-        flush=True,
-    )
-    if kind == "direct":
+    for _ in range(rounds if kind == "direct" else 1):
+        m.start_agent("a")
+        m.start_agent("b")
+        m.wait_path(kind, 60)
+        time.sleep(1)
+        print(
+            f"WireGuard endpoints: a->b {m.peer_endpoint('a', 'b')}, b->a {m.peer_endpoint('b', 'a')}",
+            flush=True,
+        )
+        pa, pb = t._processes["agent-a"].pid, t._processes["agent-b"].pid
+        c0, t0 = cpu(pa) + cpu(pb), time.time()
+        r1 = iperf(t)
+        c1, t1 = cpu(pa) + cpu(pb), time.time()
+        print(
+            f"{kind} through the agent ({plane}): {r1:.0f} Mbit/s; "
+            f"agents' CPU {100 * (c1 - c0) / (t1 - t0):.0f} % of one core (both)",
+            flush=True,
+        )
         m.stop_agent("a")
         m.stop_agent("b")
-        for x, y in (("a", "b"), ("b", "a")):
-            run(
-                [
-                    "wg",
-                    "set",
-                    t.peers[x].wg_if,
-                    "peer",
-                    t.peers[y].public_key,
-                    "endpoint",
-                    f"{t.peers[y].wan_ip}:51820",
-                ],
-                ns=t.peers[x].ns,
-            )
+        if kind != "direct":
+            break
+        plain_endpoints(t)
         time.sleep(3)
         print("plain ping", m.ping("a", "b"))
         r2 = iperf(t)
+        ratios.append(r1 / r2)
         print(f"plain wireguard-go: {r2:.0f} Mbit/s; ratio {r1 / r2:.2f}", flush=True)
+    if ratios:
+        median = sorted(ratios)[len(ratios) // 2]
+        print(f"{plane}: ratios {', '.join(f'{r:.2f}' for r in ratios)}; median {median:.2f}")
 finally:
     t.teardown()

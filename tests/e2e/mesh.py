@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from natrelay.adapters.mesh.agent_config import DEFAULT_DATA_PLANE
 from natrelay.tools.topology import Topology, run
 
 #: A policy fast enough for tests: short timeouts, quick rounds and upgrade probes.
@@ -65,7 +66,8 @@ class Mesh:
 
     @property
     def proxy_mode(self) -> bool:
-        return self.settings.get("data_plane", "proxy") == "proxy"
+        """The agent logs its data path and WireGuard's session survives switches (proxy, shared)."""
+        return self.settings.get("data_plane", DEFAULT_DATA_PLANE) != "endpoint"
 
     @property
     def log_path(self) -> Path:
@@ -219,7 +221,14 @@ class Mesh:
         """'relay' or 'direct': the proxy's path, or where WireGuard points (endpoint mode)."""
         if self.proxy_mode:
             path = self.proxy_path(name, other)
-            return None if path is None else path[0]
+            kind = None if path is None else path[0]
+            if kind is not None and self.settings.get("data_plane", DEFAULT_DATA_PLANE) == "shared":
+                # Shared mode: WireGuard itself must point where the agent says (not roamed).
+                endpoint = self.peer_endpoint(name, other)
+                actual = "relay" if endpoint and endpoint.startswith("127.") else "direct"
+                if endpoint is None or actual != kind or (kind == "direct" and endpoint != path[1]):
+                    return f"{kind}, but WireGuard points at {endpoint}"
+            return kind
         endpoint = self.peer_endpoint(name, other)
         if endpoint is None:
             return None

@@ -15,8 +15,8 @@ from natrelay.eventlog.backends import SqliteBackend
 from .helpers import sample_events
 
 
-def _add_type_index(conn: Connection) -> None:
-    conn.execute(text("CREATE INDEX events_type_idx ON events (type)"))
+def _add_an_index(conn: Connection) -> None:
+    conn.execute(text("CREATE INDEX events_time_idx ON events (event_time)"))
 
 
 def test_opening_an_older_log_applies_the_missing_migrations(
@@ -25,18 +25,33 @@ def test_opening_an_older_log_applies_the_missing_migrations(
     url = new_url()
     with EventLog.open(url) as log:
         log.append(sample_events(5))
-    step = migrations.Migration(2, "index events by type", _add_type_index)
+    after = migrations.FORMAT_VERSION + 1
+    step = migrations.Migration(after, "index events by time", _add_an_index)
     monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, step))
-    monkeypatch.setattr(migrations, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(migrations, "FORMAT_VERSION", after)
     with EventLog.open(url, create=False) as log:
         with log.engine.connect() as conn:
             version = conn.execute(text("SELECT value FROM meta WHERE key = 'format_version'")).scalar()
             indexes = {index["name"] for index in inspect(conn).get_indexes("events")}
-        assert version == "2"
-        assert "events_type_idx" in indexes
+        assert version == str(after)
+        assert "events_time_idx" in indexes
         assert log.last_seq() == 5  # the events are untouched
     with EventLog.open(url, create=False) as log:  # applied once only
         assert log.last_seq() == 5
+
+
+def test_a_log_of_format_1_gets_the_view_indexes(new_url: Callable[[], str]) -> None:
+    url = new_url()
+    with EventLog.open(url) as log:
+        log.append(sample_events(5))
+        with log.engine.begin() as conn:  # as a natrelay of format 1 left it
+            conn.execute(text("DROP INDEX events_stream_seq"))
+            conn.execute(text("DROP INDEX events_type_seq"))
+            conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'format_version'"))
+    with EventLog.open(url, create=False) as log, log.engine.connect() as conn:
+        indexes = {index["name"] for index in inspect(conn).get_indexes("events")}
+        assert {"events_stream_seq", "events_type_seq"} <= indexes
+        assert conn.execute(text("SELECT value FROM meta WHERE key = 'format_version'")).scalar() == "2"
 
 
 def test_a_log_locked_by_another_writer_fails_with_log_busy(

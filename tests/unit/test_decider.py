@@ -99,3 +99,28 @@ def test_a_rejected_observation_changes_nothing_but_now() -> None:
     assert [d.TYPE for d in reaction.decisions] == ["observation_rejected"]
     assert reaction.commands == ()
     assert engine.state() == {**before, "now": 5}
+
+
+def test_a_repeated_relay_announcement_for_a_peer_with_no_usable_relay_settles() -> None:
+    """Found by the fuzz after the split: the announcement's one-off "retry now" was read on
+    every step, so a peer whose only relay was over max load decided relay_unavailable forever."""
+    import base64
+
+    from natrelay.core import events as E
+    from natrelay.core.engine import Engine
+    from natrelay.core.policy import Policy
+
+    policy = Policy(
+        mode="direct_first", min_direct_attempts=0, max_relay_load=50, relay_connect_timeout_ms=1000
+    )
+    engine = Engine(policy)
+    peer = base64.b64encode(bytes([1] * 32)).decode()
+    announced = E.RelayAnnounced(at=0, relay="relay-a", region="eu", capacity=100)
+    for event in (E.PolicySet(at=0, policy=policy), E.PeerAdded(at=0, peer=peer, candidates=()), announced):
+        engine.handle(event)
+    deadline = engine.next_deadline()
+    assert deadline is not None
+    engine.handle(E.Tick(at=deadline))
+    engine.handle(E.RelayHealthMeasured(at=deadline, relay="relay-a", rtt_ms=5, load=79))
+    again = engine.handle(announced)
+    assert [d.TYPE for d in again.decisions] == ["relay_unavailable"]

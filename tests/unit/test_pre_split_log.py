@@ -81,7 +81,9 @@ def test_the_fold_rebuilds_the_state_the_old_engine_snapshotted(log: EventLog, n
     for seq, stored in snapshots:
         rebuilt, last = rebuild(log, node, until_seq=seq, use_snapshot=False)
         assert last <= seq
-        assert _plain(rebuilt.state()) == stored, f"{node} at seq {seq}"
+        # Restored by today's code (a policy knob added since takes its default), the old
+        # engine's snapshot is the state today's fold rebuilds.
+        assert _plain(rebuilt.state()) == _plain(Engine.from_state(stored).state()), f"{node} at seq {seq}"
 
 
 @pytest.mark.parametrize("node", NODES)

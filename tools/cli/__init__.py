@@ -30,6 +30,7 @@ from natrelay.tools.cli import (
     cmd_simulate,
     cmd_status,
     cmd_timeline,
+    cmd_whatif,
 )
 from natrelay.tools.cli.common import CliError, app, printable
 from natrelay.tools.inspect_log import LookupError_
@@ -42,6 +43,7 @@ VERBS = (
     cmd_timeline,
     cmd_plot,
     cmd_replay,
+    cmd_whatif,
     cmd_fleet,
     cmd_fuzz,
     cmd_diagram,

@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from natrelay.eventlog.replay import rebuild
 from natrelay.tools.cli.common import LogArg, NodeOpt, open_existing, out, printable
-from natrelay.tools.inspect_log import choose_node, explain_lines, resolve_peer
+from natrelay.tools.inspect_log import LookupError_, choose_node, explain_lines
+from natrelay.tools.views import find_peer, view_engine
 
 
 def explain(
@@ -23,8 +23,10 @@ def explain(
     """In plain words, why the peer is on its path, citing the seq of each fact."""
     with open_existing(log) as opened:
         name = choose_node(opened, node)
-        engine, _ = rebuild(opened, name)
-        key = resolve_peer(engine, peer)
+        key = find_peer(opened, name, peer)
+        engine, _ = view_engine(opened, name)
+        if key not in engine.peers:
+            raise LookupError_(f"no peer {peer!r} in this log")
         lines = explain_lines(opened, name, key, engine, full=full)
     label = engine.peers[key].name
     out.print(f"peer {key}{f' ({escape(printable(label))})' if label else ''}")

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from natrelay.adapters.policy_file import load_policy
 from natrelay.adapters.sim.metrics import RunMetrics
 from natrelay.adapters.sim.run import ORACLE, SimulationError, log_files, run_policy
 from natrelay.adapters.sim.scenario import Scenario, ScenarioError, load_scenario
@@ -178,7 +179,10 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--duration", help="Override the simulated seconds.")
         ] = None,
         policy: Annotated[
-            str, typer.Option("--policy", help=f"Policy of the main run: {', '.join(PRESETS)}.")
+            str,
+            typer.Option(
+                "--policy", help=f"Policy of the main run: {', '.join(PRESETS)}, or a TOML policy file."
+            ),
         ] = "natrelay",
         out_dir: Annotated[
             Path, typer.Option("--out", help="Where the log and the plot are written.")
@@ -187,8 +191,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate a WireGuard mesh behind NATs; --compare benchmarks every policy on it."""
         try:
-            chosen = [preset(name) for name in PRESETS] if compare else [preset(policy)]
-        except ValueError as exc:
+            chosen = [preset(name) for name in PRESETS] if compare else [load_policy(policy)]
+        except ValueError as exc:  # PolicyFileError too: it names the file and the key
             raise typer.BadParameter(str(exc), param_hint="--policy") from None
         loaded = _load(scenario, "matrix" if compare else "mesh", peers, duration)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from natrelay.eventlog import EventLog
-from natrelay.eventlog.replay import node_view, rebuild
+from natrelay.eventlog.replay import node_view
 from natrelay.tools.cli.common import JsonOpt, LogArg, NodeOpt, open_existing, out, printable
 from natrelay.tools.inspect_log import choose_node, seconds, short, status_rows
+from natrelay.tools.views import view_engine
 
 
 def status(
@@ -28,7 +29,7 @@ def status(
     """A row per peer: state, path, attempts, last handshake age, since."""
     with open_existing(log) as opened:
         name = choose_node(opened, node)
-        engine, last = rebuild(opened, name)
+        engine, last = view_engine(opened, name)
         _print_status(name, engine, last, as_json)
         if follow:
             _follow_status(opened, name, engine, last, as_json, poll)

@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from natrelay.eventlog.replay import rebuild
 from natrelay.tools.cli.common import JsonOpt, LogArg, NodeOpt, open_existing, out
-from natrelay.tools.inspect_log import choose_node, resolve_peer, seconds, timeline_rows
+from natrelay.tools.inspect_log import choose_node, seconds, timeline_rows
+from natrelay.tools.views import find_peer
 
 
 def timeline(
@@ -23,8 +23,7 @@ def timeline(
     """The peer's events in order."""
     with open_existing(log) as opened:
         name = choose_node(opened, node)
-        engine, _ = rebuild(opened, name)
-        key = resolve_peer(engine, peer)
+        key = find_peer(opened, name, peer)  # by index: the timeline needs no engine
         rows = timeline_rows(opened, name, key)
     if as_json:
         fields = ("seq", "at_ms", "kind", "type", "details")

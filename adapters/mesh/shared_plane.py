@@ -1,0 +1,393 @@
+"""The shared data plane: WireGuard keeps its public port; probes share it through raw sockets.
+
+This module owns the agent's paths when ``data_plane = "shared"`` (NetBird's sharedsock
+design), with the same interface as ``PathProxy`` so ``data_plane`` drives both:
+
+    direct:  wireguard (0.0.0.0:<public port>) ──────────────────────────────► peer
+    relayed: wireguard ──► 127.0.0.1:<TURN session's port> ──► TURN ──► peer
+    probes:  raw socket, source port = WireGuard's ──► peer; answers: BPF-filtered raw socket
+
+- Probing never moves WireGuard (hitless): pings leave from WireGuard's port through the
+  raw socket (``shared_socket``), so through any NAT they share WireGuard's mapping to
+  that same destination; the answer comes back on the filtered raw socket.
+- Only after a probe answered does the engine select the path; ``use_direct`` then sets
+  WireGuard's endpoint to it in place (UAPI, or `wg set` without re-creating the peer),
+  so direct traffic is kernel -> WireGuard -> wire with no Python hop. ``use_relay`` sets
+  it to the TURN session's loopback port (``turn_relay``), as the "endpoint" mode does.
+- Liveness of an active direct path (the proxy's heartbeat, same numbers): every
+  ``sample_every`` s the peer's rx/tx byte counters are read from WireGuard (UAPI
+  ``get=1``, no fork). A peer is active while its tx counter grows by more than a
+  keepalive; received bytes count only while WireGuard's endpoint is the direct path
+  (WireGuard roams to where authenticated packets come from, e.g. the relay). Nothing
+  received for ``heartbeat_after`` s: a ping every ``heartbeat_every`` s; a pong counts
+  as received; ``dead_after`` s of silence: ``on_dead``.
+- A CALL arriving through the relay (``tap_for``) makes the agent probe back, as in proxy
+  mode; everything else from the relay goes to WireGuard untouched.
+- No decisions; the wire format and its authentication are ``probes``'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from natrelay.adapters.mesh import probes as pr
+from natrelay.adapters.mesh.path_proxy import Addr, fmt, parse_addr
+from natrelay.adapters.mesh.shared_socket import RawProbeSocket
+from natrelay.adapters.mesh.wg_counters import PeerCounters, Uapi, UapiError
+
+log = logging.getLogger(__name__)
+
+#: A transport packet carrying nothing (a keepalive) is 32 bytes on the wire.
+KEEPALIVE_BYTES = 32
+
+
+@attrs.define(eq=False)
+class SharedLink:
+    """One peer's slice of the shared plane."""
+
+    peer: str
+    direct: Addr | None = None
+    relay: Any = None  # a TurnSession
+    ever_set: bool = False
+    last_rx_direct: float = 0.0
+    last_tx_data: float = -1e9
+    last_heartbeat: float = 0.0
+    dead_reported: bool = False
+    #: WireGuard's endpoint was seen elsewhere than ``direct`` (it roamed, e.g. to the relay).
+    roamed: str | None = None
+    rx_bytes: int = -1
+    tx_bytes: int = -1
+
+    def path(self) -> tuple[str, str] | None:
+        if self.direct is not None:
+            return ("direct", fmt(self.direct))
+        if self.relay is not None:
+            return ("relay", self.relay.server.relay_id)
+        return None
+
+
+@attrs.define(eq=False)
+class SharedPlane:
+    """The agent's data plane for one WireGuard interface that keeps its public port."""
+
+    me: str
+    secret: bytes
+    public_port: int
+    #: ``WireGuard`` (the `wg` adapter): endpoint changes when UAPI is not there.
+    wireguard: Any
+    uapi: Uapi
+    #: The peers' persistent keepalive (s), re-armed at the first endpoint to start a handshake.
+    keepalive: int | None = None
+    on_answer: Callable[[str, Addr, float, Addr | None], None] | None = None
+    on_dead: Callable[[str, float], None] | None = None
+    on_call: Callable[[str], None] | None = None
+    active_window: float = 5.0
+    heartbeat_after: float = 0.8
+    heartbeat_every: float = 0.4
+    dead_after: float = 2.5
+    probe_every: float = 0.2
+    sample_every: float = 0.1
+    #: While no direct peer sends data, counters are read this seldom (an idle agent sleeps).
+    idle_sample_every: float = 1.0
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _raw: RawProbeSocket | None = None
+    _links: dict[str, SharedLink] = attrs.field(factory=dict)
+    _keys: dict[str, bytes] = attrs.field(factory=dict)
+    _pending: pr.PendingPings = attrs.field(factory=pr.PendingPings)
+    _probing: dict[tuple[str, Addr], float] = attrs.field(factory=dict)
+    _confirmed: dict[tuple[str, Addr], float] = attrs.field(factory=dict)
+    _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
+    rejected_probes: int = 0
+    closed: bool = False
+
+    # ---- setup ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the raw sockets on WireGuard's port (inside a running event loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._raw = RawProbeSocket(self.public_port)
+        self._loop.add_reader(self._raw.fileno(), self._read)
+        self._spawn(self._heartbeat())
+
+    def add_peer(self, peer: str) -> str | None:
+        """Track ``peer``; WireGuard gets no endpoint until a path is selected (None)."""
+        if peer not in self._links:
+            self._links[peer] = SharedLink(peer=peer)
+            self._keys[peer] = pr.pair_key(self.secret, self.me, peer)
+        return None
+
+    def remove_peer(self, peer: str) -> None:
+        self._links.pop(peer, None)
+        self._keys.pop(peer, None)
+
+    def close(self) -> None:
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._raw is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._raw.fileno())
+            self._raw.close()
+            self._raw = None
+
+    # ---- paths -----------------------------------------------------------------------------
+
+    def link(self, peer: str) -> SharedLink | None:
+        return self._links.get(peer)
+
+    def path(self, peer: str) -> tuple[str, str] | None:
+        link = self._links.get(peer)
+        return None if link is None else link.path()
+
+    def _set_wireguard(self, link: SharedLink, endpoint: str) -> None:
+        """Set WireGuard's endpoint in place; the first time, also start a handshake now.
+
+        wireguard-go tried a handshake when the peer was added without an endpoint, failed
+        to send it, and will not try again for 5 s (REKEY_TIMEOUT). So the first endpoint
+        of a peer that never exchanged a byte re-creates it (a fresh peer handshakes at
+        once); a peer that did exchange something (the other side's handshake arrived
+        first) keeps its state and only has its keepalive re-armed.
+        """
+        first, link.ever_set = not link.ever_set, True
+        if self.uapi.available:
+            try:
+                if first and self._untouched(link.peer):
+                    self.wireguard.set_endpoint(link.peer, endpoint, handshake_now=True)
+                    return
+                self.uapi.set_endpoint(link.peer, endpoint, kick_keepalive=self.keepalive if first else None)
+                return
+            except UapiError as exc:
+                log.info("%s; falling back to wg set", exc)
+        self.wireguard.set_endpoint(link.peer, endpoint, handshake_now=first)
+
+    def _untouched(self, peer: str) -> bool:
+        seen = self.uapi.peers().get(peer)
+        return seen is not None and seen.rx_bytes == 0 and seen.tx_bytes == 0
+
+    def _pin(self, link: SharedLink) -> None:
+        """The direct path answers but WireGuard roamed away from it: point it back."""
+        assert link.direct is not None
+        log.info("WireGuard roamed %s to %s; back to direct %s", link.peer[:8], link.roamed, fmt(link.direct))
+        link.roamed = None
+        try:
+            self._set_wireguard(link, fmt(link.direct))
+        except Exception as exc:  # WireGuardError, UapiError: the next pong tries again
+            log.error("pointing WireGuard back to %s failed: %s", fmt(link.direct), exc)
+
+    def use_direct(self, peer: str, addr: Addr) -> None:
+        link = self._links[peer]
+        self._set_wireguard(link, fmt(addr))
+        link.roamed = None
+        link.direct = addr
+        link.last_rx_direct = time.monotonic()
+        link.dead_reported = False
+        log.info("data path of %s: direct %s", peer[:8], fmt(addr))
+
+    def use_relay(self, peer: str, session: Any) -> None:
+        link = self._links[peer]
+        if session.local_endpoint is None:
+            log.error("relay session %s of %s has no local port", session.session_id, peer[:8])
+            return
+        self._set_wireguard(link, session.local_endpoint)
+        link.direct = None
+        link.relay = session
+        log.info("data path of %s: relay %s", peer[:8], session.server.relay_id)
+
+    def drop_relay(self, peer: str, session: Any) -> None:
+        link = self._links.get(peer)
+        if link is not None and link.relay is session:
+            link.relay = None
+
+    def sink_for(self, peer: str) -> None:
+        """No sink: the TURN session keeps its loopback port for WireGuard (see ``tap_for``)."""
+        return None
+
+    def tap_for(self, peer: str) -> Callable[[bytes], bool]:
+        """What sees the relay's datagrams first: probes are handled here (True), not WireGuard's."""
+
+        def tap(data: bytes) -> bool:
+            if not pr.looks_like_probe(data):
+                return False
+            probe = self._authenticated(data)
+            if probe is not None and probe.sender == peer and probe.kind == pr.CALL and self.on_call:
+                self.on_call(peer)
+            return True
+
+        return tap
+
+    # ---- probing -----------------------------------------------------------------------------
+
+    def probe(self, peer: str, addr: Addr, duration: float) -> None:
+        """Ping ``addr`` from WireGuard's port every ``probe_every`` s for ``duration`` s or till answered."""
+        if peer not in self._links or self.closed:
+            return
+        key = (peer, addr)
+        until = time.monotonic() + duration
+        if key in self._probing:
+            self._probing[key] = max(self._probing[key], until)
+            return
+        self._probing[key] = until
+        self._spawn(self._probe_loop(peer, addr))
+
+    def probing(self, peer: str, addr: Addr) -> bool:
+        return (peer, addr) in self._probing
+
+    async def _probe_loop(self, peer: str, addr: Addr) -> None:
+        key = (peer, addr)
+        try:
+            while key in self._probing and time.monotonic() < self._probing[key]:
+                self._send_ping(peer, addr)
+                await asyncio.sleep(self.probe_every)
+        finally:
+            self._probing.pop(key, None)
+
+    def call(self, peer: str) -> bool:
+        """Ask the peer, through its relay session, to probe us back now."""
+        link = self._links.get(peer)
+        if link is None or link.relay is None:
+            return False
+        return bool(link.relay.send(pr.encode(pr.CALL, self.me, self._keys[peer], pr.new_txid())))
+
+    def _send_ping(self, peer: str, addr: Addr) -> None:
+        key = self._keys.get(peer)
+        if key is None:
+            return
+        txid = pr.new_txid()
+        self._pending.add(txid, peer, addr, time.monotonic())
+        self._send(pr.encode(pr.PING, self.me, key, txid), addr)
+
+    def _send(self, data: bytes, addr: Addr) -> bool:
+        if self._raw is None:
+            return False
+        try:
+            self._raw.send(data, addr)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EPERM, errno.ENETUNREACH):
+                log.info("probe to %s failed: %s", fmt(addr), exc)
+            return False
+        return True
+
+    def _authenticated(self, data: bytes) -> pr.Probe | None:
+        try:
+            sender = pr.sender_of(data)
+            key = self._keys.get(sender)
+            if key is None:
+                raise pr.ProbeError("sender is not a peer of this node")
+            return pr.decode(data, key)
+        except (pr.ProbeError, ValueError) as exc:
+            self.rejected_probes += 1
+            log.debug("probe rejected: %s", exc)
+            return None
+
+    def _read(self) -> None:
+        if self._raw is None:
+            return
+        for data, addr in self._raw.receive():
+            self.on_probe(data, addr)
+
+    def on_probe(self, data: bytes, addr: Addr) -> None:
+        """A datagram that passed the filter, from ``addr``."""
+        probe = self._authenticated(data)
+        if probe is None:
+            return
+        peer, now = probe.sender, time.monotonic()
+        link = self._links[peer]
+        if probe.kind == pr.PING:
+            self._send(pr.encode(pr.PONG, self.me, self._keys[peer], probe.txid, observed=addr), addr)
+            if link.direct == addr:
+                link.last_rx_direct = now
+                if link.roamed is not None:
+                    self._pin(link)
+            elif not self.probing(peer, addr) and now - self._confirmed.get((peer, addr), -1e9) > 5.0:
+                self.probe(peer, addr, 2.0)  # the peer reached us from there: probe back once
+        elif probe.kind == pr.PONG:
+            rtt = self._pending.answer(probe, addr, now)
+            if rtt is None:
+                self.rejected_probes += 1
+                log.debug("pong from %s answers no ping of ours", fmt(addr))
+                return
+            if link.direct == addr:
+                link.last_rx_direct = now
+                link.dead_reported = False
+                if link.roamed is not None:
+                    self._pin(link)
+            self._probing.pop((peer, addr), None)
+            first = now - self._confirmed.get((peer, addr), -1e9) > 1.0
+            self._confirmed[(peer, addr)] = now
+            if self.on_answer is not None and first:
+                self.on_answer(peer, addr, rtt, probe.observed)
+
+    # ---- liveness ------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(self._sample_interval(time.monotonic()))
+            if not any(link.direct is not None for link in self._links.values()):
+                continue
+            try:
+                counters = self.uapi.peers() if self.uapi.available else self._wg_counters()
+            except (UapiError, OSError) as exc:
+                log.info("reading WireGuard's counters failed: %s", exc)
+                continue
+            self.check_liveness(time.monotonic(), counters)
+
+    def _sample_interval(self, now: float) -> float:
+        """Fast while a direct peer carries traffic (or WireGuard roamed), slow when all are idle.
+
+        An idle mesh must cost nearly nothing (docs/real-mesh.md: an idle agent); traffic
+        that starts is seen within ``idle_sample_every``, then sampled every ``sample_every``.
+        """
+        for link in self._links.values():
+            if link.direct is None:
+                continue
+            if link.roamed is not None or now - link.last_tx_data <= self.active_window:
+                return self.sample_every
+        return self.idle_sample_every
+
+    def _wg_counters(self) -> dict[str, PeerCounters]:
+        status = self.wireguard.show()
+        return {p.public_key: PeerCounters(p.rx_bytes, p.tx_bytes, p.endpoint) for p in status.peers}
+
+    def check_liveness(self, now: float, counters: dict[str, PeerCounters]) -> None:
+        """Heartbeat active direct paths; report those silent for ``dead_after`` s."""
+        self._pending.expire(now)
+        for link in list(self._links.values()):
+            seen = counters.get(link.peer)
+            if link.direct is None or seen is None:
+                continue
+            if link.tx_bytes >= 0 and seen.tx_bytes - link.tx_bytes > KEEPALIVE_BYTES:
+                link.last_tx_data = now
+            on_direct = seen.endpoint is not None and parse_addr(seen.endpoint) == link.direct
+            link.roamed = None if on_direct else seen.endpoint
+            if link.rx_bytes >= 0 and seen.rx_bytes != link.rx_bytes and on_direct:
+                link.last_rx_direct = now
+            link.tx_bytes, link.rx_bytes = seen.tx_bytes, seen.rx_bytes
+            # An idle peer gets no heartbeat; one whose WireGuard roamed away does: a pong
+            # puts WireGuard back on the direct path, silence reports it dead.
+            if now - link.last_tx_data > self.active_window and link.roamed is None:
+                continue
+            silent = now - link.last_rx_direct
+            if silent >= self.heartbeat_after and now - link.last_heartbeat >= self.heartbeat_every:
+                link.last_heartbeat = now
+                self._send_ping(link.peer, link.direct)
+            if silent >= self.dead_after and not link.dead_reported:
+                link.dead_reported = True
+                log.info("direct path of %s silent for %.1f s", link.peer[:8], silent)
+                if self.on_dead is not None:
+                    self.on_dead(link.peer, silent)
+
+    def _spawn(self, coro: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
