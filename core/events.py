@@ -48,7 +48,8 @@ CANDIDATE_KINDS = ("", "host", "mapped", "reflexive", "configured")
 
 def _kinds(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: empty, or one kind per candidate, in the candidates' order."""
-    assert isinstance(value, tuple)
+    if not isinstance(value, tuple):
+        raise v.InvalidValue(f"kinds={value!r}: expected a list of candidate kinds")
     if value and len(value) != len(instance.candidates):
         raise v.InvalidValue(f"kinds: {len(value)} kinds for {len(instance.candidates)} candidates")
     for kind in value:
