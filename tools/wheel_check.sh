@@ -106,7 +106,7 @@ echo "wheel check: --help of $(wc -w <<<"$verbs") verbs on a plain install"
 printf 'name = "broken"\nduration_s = "soon"\n' >bad.toml
 printf 'name = "broken\n' >unparsable.toml
 usage_error "no log at missing.db" "$natrelay" status missing.db
-usage_error "unknown policy preset 'bogus'" "$natrelay" simulate --policy bogus
+usage_error "unknown policy 'bogus'" "$natrelay" simulate --policy bogus
 usage_error "key 'duration_s'" "$natrelay" simulate --scenario bad.toml
 usage_error "unparsable.toml" "$natrelay" simulate --scenario unparsable.toml
 usage_error "no such file, and not a built-in scenario" "$natrelay" simulate --scenario nosuch
