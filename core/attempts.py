@@ -20,6 +20,7 @@ from .events import (
     Event,
     PathUpgraded,
     PeerRemoved,
+    Purpose,
 )
 
 
@@ -31,7 +32,7 @@ class Round:
     def __init__(
         self,
         attempt: int,
-        purpose: str,
+        purpose: Purpose,
         endpoints: tuple[str, ...],
         outstanding: tuple[str, ...],
         deadline: int,

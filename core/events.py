@@ -38,7 +38,7 @@ NAT_TYPES = (
 )
 
 
-def _tuple(value: object) -> object:
+def _tuple(value: object) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -46,10 +46,10 @@ def _tuple(value: object) -> object:
 CANDIDATE_KINDS = ("", "host", "mapped", "reflexive", "configured")
 
 
-def _kinds(instance: Any, attribute: Any, value: object) -> None:
+def _kinds(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: empty, or one kind per candidate, in the candidates' order."""
     if not isinstance(value, tuple):
-        raise v.InvalidValue(f"kinds: expected a list of candidate kinds, got {type(value).__name__}")
+        raise v.InvalidValue(f"kinds={value!r}: expected a list of candidate kinds")
     if value and len(value) != len(instance.candidates):
         raise v.InvalidValue(f"kinds: {len(value)} kinds for {len(instance.candidates)} candidates")
     for kind in value:
@@ -57,7 +57,7 @@ def _kinds(instance: Any, attribute: Any, value: object) -> None:
             raise v.InvalidValue(f"kinds: {kind!r} is not one of {', '.join(CANDIDATE_KINDS[1:])}")
 
 
-def _policy(value: object) -> object:
+def _policy(value: object) -> Any:
     return Policy.from_dict(value) if isinstance(value, dict) else value
 
 
@@ -355,7 +355,7 @@ class RelayScore:
     score: float = attrs.field(converter=float)
 
 
-def _ranking(value: object) -> object:
+def _ranking(value: object) -> Any:
     if isinstance(value, list):
         return tuple(RelayScore(**item) if isinstance(item, dict) else item for item in value)
     return value

@@ -17,17 +17,17 @@ Mode = Literal["direct_first", "relay_first"]
 PeerAccess = Literal["auto", "relay_only", "direct_only"]
 
 
-def _non_negative_number(instance: Any, attribute: Any, value: object) -> None:
+def _non_negative_number(instance: Any, attribute: Any, value: Any) -> None:
     if type(value) not in (int, float) or value < 0:
         raise v.InvalidValue(f"{attribute.name}={value!r}: expected a number >= 0")
 
 
-def _factor(instance: Any, attribute: Any, value: object) -> None:
+def _factor(instance: Any, attribute: Any, value: Any) -> None:
     if type(value) not in (int, float) or value < 1:
         raise v.InvalidValue(f"{attribute.name}={value!r}: expected a number >= 1")
 
 
-def _to_float(value: object) -> object:
+def _to_float(value: object) -> Any:
     return float(value) if type(value) is int else value
 
 
@@ -48,7 +48,7 @@ class RelayWeights:
     reliability: float = attrs.field(default=0.3, converter=_to_float, validator=v.fraction)
 
 
-def _weights(value: object) -> object:
+def _weights(value: object) -> Any:
     if isinstance(value, dict):
         return RelayWeights(**value)
     return value

@@ -88,22 +88,25 @@ class RelayCache:
         return found
 
     def apply(self, event: Event) -> None:
-        kind = type(event)
-        if kind is RelayPathSelected:
+        if type(event) is RelayPathSelected:
             entry = self._peer(event.peer)
             entry.relay, entry.session, entry.since = event.relay, event.session, event.at
             entry.count(event.relay, 0)
-        elif kind is RelaySessionFailed or kind is RelayAbandoned:
+        elif type(event) is RelaySessionFailed or type(event) is RelayAbandoned:
             self._peer(event.peer).count(event.relay, 1)
-        elif kind is RelaySessionClosed:
-            entry = self.peers.get(event.peer)
-            if entry is not None and entry.session == event.session and entry.relay == event.relay:
-                entry.count(event.relay, 1)
-                entry.relay = entry.session = entry.since = None
-        elif kind is PathUpgraded or kind is PeerRemoved or (kind is PathLost and event.path_kind == "relay"):
-            entry = self.peers.get(event.peer)
-            if entry is not None:
-                entry.relay = entry.session = entry.since = None
+        elif type(event) is RelaySessionClosed:
+            held = self.peers.get(event.peer)
+            if held is not None and held.session == event.session and held.relay == event.relay:
+                held.count(event.relay, 1)
+                held.relay = held.session = held.since = None
+        elif (
+            type(event) is PathUpgraded
+            or type(event) is PeerRemoved
+            or (type(event) is PathLost and event.path_kind == "relay")
+        ):
+            held = self.peers.get(event.peer)
+            if held is not None:
+                held.relay = held.session = held.since = None
 
     def to_state(self) -> dict[str, Any]:
         return {

@@ -95,8 +95,7 @@ class RelayRegistry:
         return relay in self.relays
 
     def apply(self, event: Event) -> None:
-        kind = type(event)
-        if kind is RelayAnnounced:
+        if type(event) is RelayAnnounced:
             info = self.relays.get(event.relay)
             if info is None:
                 info = self.relays[event.relay] = RelayInfo(event.relay, event.region)
@@ -106,18 +105,18 @@ class RelayRegistry:
             info.address = event.address
             info.expires_at = event.expires_at
             info.last_seen = max(info.last_seen, event.at)
-        elif kind is RelayWithdrawn:
+        elif type(event) is RelayWithdrawn:
             self.relays.pop(event.relay, None)
-        elif kind is RelayHealthMeasured:
+        elif type(event) is RelayHealthMeasured:
             info = self.relays.get(event.relay)
             if info is not None:
                 info.rtt_ms = event.rtt_ms
                 info.load = event.load
                 info.loss = LOSS_KEEP * info.loss + (1 - LOSS_KEEP) * event.loss
                 info.last_seen = max(info.last_seen, event.at)
-        elif kind is RelaySessionEstablished:
+        elif type(event) is RelaySessionEstablished:
             self._outcome(event.relay, 1.0)
-        elif kind is RelaySessionFailed or kind is RelayAbandoned:
+        elif type(event) is RelaySessionFailed or type(event) is RelayAbandoned:
             self._outcome(event.relay, 0.0)
 
     def _outcome(self, relay: str, value: float) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import binascii
 import ipaddress
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol, cast
 
 MAX_TIME_MS = 2**62
 MAX_ID_LENGTH = 128
@@ -25,7 +26,15 @@ class InvalidValue(ValueError):
     """A value failed validation; the message names the field and the problem."""
 
 
-def _only_strings_cached(check: Any) -> Any:
+class CachedCheck(Protocol):
+    """A check (value -> its problem, or None) whose answers for strings are cached."""
+
+    def __call__(self, value: object) -> str | None: ...
+
+    def cache_clear(self) -> None: ...
+
+
+def _only_strings_cached(check: Callable[[object], str | None]) -> CachedCheck:
     """Cache a check for strings (keys and endpoints recur in every event of a log);
     anything else, hashable or not, is checked uncached."""
     cached = lru_cache(maxsize=1 << 18)(check)
@@ -35,7 +44,7 @@ def _only_strings_cached(check: Any) -> Any:
 
     run.__doc__ = check.__doc__
     run.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
-    return run
+    return cast(CachedCheck, run)
 
 
 @_only_strings_cached
@@ -138,23 +147,23 @@ def _raise(attribute: Any, value: object, problem: str | None) -> None:
         raise InvalidValue(f"{attribute.name}={value!r}: {problem}")
 
 
-def public_key(instance: Any, attribute: Any, value: object) -> None:
+def public_key(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: a WireGuard public key."""
     _raise(attribute, value, public_key_problem(value))
 
 
-def endpoint(instance: Any, attribute: Any, value: object) -> None:
+def endpoint(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: a canonical endpoint."""
     _raise(attribute, value, endpoint_problem(value))
 
 
-def optional_endpoint(instance: Any, attribute: Any, value: object) -> None:
+def optional_endpoint(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: None or a canonical endpoint."""
     if value is not None:
         _raise(attribute, value, endpoint_problem(value))
 
 
-def endpoints(instance: Any, attribute: Any, value: object) -> None:
+def endpoints(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: a tuple of distinct canonical endpoints."""
     if not isinstance(value, tuple):
         raise InvalidValue(f"{attribute.name}: expected a tuple of endpoints")
@@ -164,7 +173,7 @@ def endpoints(instance: Any, attribute: Any, value: object) -> None:
         raise InvalidValue(f"{attribute.name}: duplicate endpoints in {value!r}")
 
 
-def candidates(instance: Any, attribute: Any, value: object) -> None:
+def candidates(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: distinct canonical endpoints, at most MAX_CANDIDATES of them."""
     endpoints(instance, attribute, value)
     assert isinstance(value, tuple)
@@ -172,41 +181,41 @@ def candidates(instance: Any, attribute: Any, value: object) -> None:
         raise InvalidValue(f"{attribute.name}: {len(value)} endpoints, at most {MAX_CANDIDATES} allowed")
 
 
-def identifier(instance: Any, attribute: Any, value: object) -> None:
+def identifier(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: a relay, session or node id."""
     _raise(attribute, value, identifier_problem(value))
 
 
-def optional_identifier(instance: Any, attribute: Any, value: object) -> None:
+def optional_identifier(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: None or an id."""
     if value is not None:
         _raise(attribute, value, identifier_problem(value))
 
 
-def time_ms(instance: Any, attribute: Any, value: object) -> None:
+def time_ms(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: integer milliseconds."""
     _raise(attribute, value, time_problem(value))
 
 
-def non_negative_int(instance: Any, attribute: Any, value: object) -> None:
+def non_negative_int(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: an int >= 0 (bool is not an int here)."""
     if type(value) is not int or value < 0:
         raise InvalidValue(f"{attribute.name}={value!r}: expected an integer >= 0")
 
 
-def positive_int(instance: Any, attribute: Any, value: object) -> None:
+def positive_int(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: an int >= 1."""
     if type(value) is not int or value < 1:
         raise InvalidValue(f"{attribute.name}={value!r}: expected an integer >= 1")
 
 
-def fraction(instance: Any, attribute: Any, value: object) -> None:
+def fraction(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: a float in [0, 1]."""
     if type(value) not in (int, float) or not 0.0 <= value <= 1.0:
         raise InvalidValue(f"{attribute.name}={value!r}: expected a number in [0, 1]")
 
 
-def text(instance: Any, attribute: Any, value: object) -> None:
+def text(instance: Any, attribute: Any, value: Any) -> None:
     """attrs validator: a string of at most 1000 characters (reasons, names)."""
     if not isinstance(value, str) or len(value) > 1000:
         raise InvalidValue(f"{attribute.name}: expected a string of at most 1000 characters")
@@ -215,7 +224,7 @@ def text(instance: Any, attribute: Any, value: object) -> None:
 def one_of(*choices: str) -> Any:
     """attrs validator factory: the value must be one of `choices`."""
 
-    def check(instance: Any, attribute: Any, value: object) -> None:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
         if value not in choices:
             raise InvalidValue(f"{attribute.name}={value!r}: expected one of {', '.join(choices)}")
 

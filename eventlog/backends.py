@@ -86,7 +86,8 @@ class Backend:
 
         def fetch(cursor: Any) -> list[Row]:
             cursor.execute(sql, params)
-            return cursor.fetchall()
+            rows: list[Row] = cursor.fetchall()
+            return rows
 
         return fetch
 
@@ -190,7 +191,8 @@ class PostgresBackend(Backend):
         def fetch(cursor: Any) -> list[Row]:
             # Binary results: bytea arrives as is, not hex-encoded.
             cursor.execute(sql, params, binary=True)
-            return cursor.fetchall()
+            rows: list[Row] = cursor.fetchall()
+            return rows
 
         return fetch
 

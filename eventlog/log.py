@@ -225,7 +225,8 @@ class EventLog:
     def last_seq(self) -> int:
         """The seq of the newest event, 0 for an empty log."""
         self._check_open()
-        return self._with_cursor(self._backend.last_seq)
+        last: int = self._with_cursor(self._backend.last_seq)
+        return last
 
     def stream_versions(self, streams: Collection[str]) -> dict[str, int]:
         """The current version of each of `streams` (0 for a stream with no events)."""
@@ -237,7 +238,10 @@ class EventLog:
     def next_stream(self, after: str, *, inclusive: bool = False) -> str | None:
         """The first stream name after `after` in byte (code point) order, or None: one index seek."""
         self._check_open()
-        return self._with_cursor(lambda cursor: self._backend.next_stream(cursor, after, inclusive))
+        found: str | None = self._with_cursor(
+            lambda cursor: self._backend.next_stream(cursor, after, inclusive)
+        )
+        return found
 
     def load_snapshot(self, name: str, at_or_before_seq: int | None = None) -> Snapshot | None:
         """The newest snapshot `name` at or before the given seq, or None."""
@@ -406,8 +410,9 @@ class EventLog:
                 result = work(cursor)
             finally:
                 cursor.close()
-            if isinstance(self._backend, PostgresBackend):
-                raw.driver_connection.rollback()  # end the read transaction at once
+            connection = raw.driver_connection
+            if isinstance(self._backend, PostgresBackend) and connection is not None:
+                connection.rollback()  # end the read transaction at once
             return result
         finally:
             raw.close()

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh Debian machine, then run it.
 #
-# Installs the Debian packages the end-to-end tests drive (.ci/apt-packages.txt)
-# and PostgreSQL, starts PostgreSQL on 127.0.0.1:5432 if nothing answers there,
-# installs natrelay with its dev extras, runs ruff and the whole pytest suite.
-# Root (or sudo) is needed: the end-to-end tests build network namespaces.
+# Installs the Debian packages the end-to-end tests drive (.ci/apt-packages.txt),
+# PostgreSQL and python3-venv, starts PostgreSQL on 127.0.0.1:5432 if nothing
+# answers there, creates the virtual environment .venv (the system Python is
+# externally managed, PEP 668) and installs natrelay into it with its dev
+# extras, then runs ruff, import-linter (tools/lint_imports.sh), mypy
+# (tools/typecheck.sh), the wheel check (tools/wheel_check.sh) and the whole
+# pytest suite with .venv's Python.
+# Arguments go to pytest. Root (or sudo) is needed: the end-to-end tests build
+# network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
-for package in $(grep -v '^#' .ci/apt-packages.txt) postgresql postgresql-client; do
+for package in $(grep -v '^#' .ci/apt-packages.txt) postgresql postgresql-client python3-venv; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -43,7 +48,22 @@ if [ -z "${NATRELAY_PG_URL:-}" ]; then
   fi
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
-python3 -m ruff check .
-PYTHON=python3 bash tools/lint_imports.sh
-python3 -m pytest "$@"
+# The virtual environment: .venv, made anew if missing or broken.
+if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
+  rm -rf .venv
+  python3 -m venv .venv
+fi
+python=$PWD/.venv/bin/python
+"$python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+"$python" -m ruff check .
+PYTHON=$python bash tools/lint_imports.sh
+PYTHON=$python bash tools/typecheck.sh
+
+# The wheel as a user installs it; the wheel-content test reuses the wheel built here.
+dist=$(mktemp -d -t natrelay-dist-XXXXXX)
+trap 'rm -rf "$dist"' EXIT
+PYTHON=$python bash tools/wheel_check.sh "$dist"
+NATRELAY_WHEEL=$(ls "$dist"/natrelay-*.whl)
+export NATRELAY_WHEEL
+
+"$python" -m pytest "$@"

@@ -88,10 +88,11 @@ class NatBox:
             port = self.inside_port
         else:
             key = None if behaviour.mapping == "endpoint_independent" else destination
-            port = self.mappings.get(key)  # type: ignore[assignment]
-            if port is None:
+            mapped = self.mappings.get(key)
+            if mapped is None:
                 self._next_port += 1
-                port = self.mappings[key] = self._next_port
+                mapped = self.mappings[key] = self._next_port
+            port = mapped
         self.pinholes.add((port, destination[0], destination[1]))
         return (self.public_ip, port)
 

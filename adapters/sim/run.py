@@ -5,6 +5,13 @@ one `SimNetwork` per vantage of the scenario (peers dealt round robin), each
 driven by a `Node` writing to its own log with a simulated clock, so the same
 seed gives the same log byte for byte. Wall time is measured here and only
 reported, never decided on.
+
+A simulation always starts at simulated time 0 from an empty log: its network
+is rebuilt from the seed, so carrying on from a log a previous run left would
+mix two runs (and a node that believes its peers are connected while the new
+network has never seen them). `run_policy` refuses a log that already holds
+events (`SimulationError`); `natrelay simulate` removes exactly the files
+`log_files()` names before it runs.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ from natrelay.adapters.sim.sim_model import Account
 from natrelay.adapters.sim.simulated_network import SimNetwork
 from natrelay.core.policy import Policy
 from natrelay.eventlog import EventLog
+
+
+class SimulationError(ValueError):
+    """A simulation cannot run as asked (its log already holds events)."""
+
 
 #: Observations per log append in simulations (see Node.flush_every).
 FLUSH_EVERY = 2048
@@ -57,6 +69,15 @@ def plan(scenario: Scenario, log: str | None, log_dir: Path | None, label: str) 
     return plans
 
 
+def log_files(scenario: Scenario, log: str) -> tuple[str, ...]:
+    """The log files a run of `scenario` writes when asked for `log`: one per vantage.
+
+    With one local NAT that is `log` itself; with several, `log`'s stem plus
+    each local NAT type (`matrix.db` -> `matrix-none.db`, `matrix-symmetric.db`...).
+    """
+    return tuple(item.log for item in plan(scenario, log, None, ""))
+
+
 def run_policy(
     scenario: Scenario,
     policy: Policy | None,
@@ -74,6 +95,8 @@ def run_policy(
     (`sim_oracle`); its row is, metric by metric, the better of the two.
     `probe_cost` is what a direct probe of a connected peer costs the data plane
     (`sim_model.PROBE_COSTS`).
+    `log` names the log (`log_files` tells which files that becomes); each must be
+    missing or empty, or `SimulationError` is raised before anything runs.
     """
     if policy is None:
         fast = _run(scenario, None, seed, None, None, progress, probe_cost, bridge=True)
@@ -100,7 +123,10 @@ def _run(
     appended = 0
     over_capacity = 0
     end = scenario.duration_ms
-    for item in plan(scenario, log, log_dir, label):
+    plans = plan(scenario, log, log_dir, label)
+    if policy is not None:
+        _refuse_used_logs(plans)
+    for item in plans:
         network = SimNetwork(
             scenario,
             seed=seed,
@@ -127,6 +153,20 @@ def _run(
         wall_s=time.perf_counter() - started,
         over_capacity=over_capacity,
     )
+
+
+def _refuse_used_logs(plans: list[VantagePlan]) -> None:
+    used = []
+    for item in plans:
+        if item.log == ":memory:" or ("://" not in item.log and not Path(item.log).exists()):
+            continue
+        with EventLog.open(item.log) as log:
+            if log.last_seq() > 0:
+                used.append(item.log)
+    if used:
+        raise SimulationError(
+            f"a simulation starts from an empty log; these already hold events: {', '.join(used)}"
+        )
 
 
 def _run_node(

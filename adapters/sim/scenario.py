@@ -327,7 +327,7 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
             f"rebinding_share + network_change_share + leave_share = {shares:g}: a peer does at most "
             "one of them, so they may not sum past 1",
         )
-    peer_list = []
+    peer_list: list[PeerSpec] = []
     for item in top.items("peer"):
         peer_list.append(
             PeerSpec(

@@ -24,6 +24,7 @@ from natrelay.tools.cli import (
     cmd_explain,
     cmd_fleet,
     cmd_fuzz,
+    cmd_plot,
     cmd_replay,
     cmd_serve,
     cmd_simulate,
@@ -40,6 +41,7 @@ VERBS = (
     cmd_status,
     cmd_explain,
     cmd_timeline,
+    cmd_plot,
     cmd_replay,
     cmd_whatif,
     cmd_fleet,
@@ -68,11 +70,25 @@ def main() -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `natrelay` alone: the help (typer printed it)
+            text = exc.format_message()  # type: ignore[attr-defined]
+            if text.strip():
+                print(text, file=sys.stderr)
+            sys.exit(2)
         if _is_usage_error(exc):
-            exc.show()  # type: ignore[attr-defined]
+            print(_usage_line(exc), file=sys.stderr)
             sys.exit(2)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_line(exc: Exception) -> str:
+    """A bad option or argument as one line: `natrelay VERB: what was wrong (natrelay VERB --help)`."""
+    message = printable(exc.format_message())  # type: ignore[attr-defined]
+    context = getattr(exc, "ctx", None)
+    where = getattr(context, "command_path", None) or "natrelay"
+    message = message.rstrip(".")
+    return f"{where}: {message[:1].lower()}{message[1:]} (see {where} --help)"
 
 
 def _is_usage_error(exc: Exception) -> bool:

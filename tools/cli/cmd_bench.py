@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from natrelay.tools.cli.common import JsonOpt, out
+from natrelay.tools.cli.common import JsonOpt, out, require_extra
 
 
 def bench(
@@ -26,6 +26,7 @@ def bench(
     ] = False,
 ) -> None:
     """Measure natrelay beside the raw floors in one run (see BENCHMARKS.md)."""
+    require_extra("eventsourcing", "bench", "bench")
     from natrelay.tools.bench import run_benchmarks
 
     results = run_benchmarks(

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from natrelay.tools.cli.common import require_extra
+
 
 def register(app: typer.Typer) -> None:
     app.command(name="fuzz")(fuzz)
@@ -40,6 +42,7 @@ def fuzz(
     ] = None,
 ) -> None:
     """Fuzz the engine and its log with Hypothesis; save each shrunk failure as a log plus a scenario."""
+    require_extra("hypothesis", "fuzz", "fuzz")
     from natrelay.tools.fuzz import runner as fuzzing
 
     console = Console(highlight=False)

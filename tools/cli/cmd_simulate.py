@@ -10,6 +10,10 @@ adapters/sim/; this module only runs it and shows the results.
   can follow.
 - `natrelay simulate --compare`: every policy (and the oracle) on the same
   seeded scenario (default: the built-in `matrix`), one table, ratios to the oracle.
+
+A run never carries on from a previous one: the log files this run writes (one
+per local NAT of the scenario, `run.log_files`) are removed first, and the
+report names exactly those files (docs/scenarios.md, "Where the logs go").
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from rich.table import Table
 
 from natrelay.adapters.policy_file import load_policy
 from natrelay.adapters.sim.metrics import RunMetrics
-from natrelay.adapters.sim.run import ORACLE, run_policy
+from natrelay.adapters.sim.run import ORACLE, SimulationError, log_files, run_policy
 from natrelay.adapters.sim.scenario import Scenario, ScenarioError, builtin_scenarios, load_scenario
 from natrelay.adapters.sim.sim_model import PROBE_COSTS
 from natrelay.core.presets import PRESETS, preset
+from natrelay.tools.cli.common import CliError
 
 DEFAULT_SEED = 7
 OUT_DIR = Path("natrelay-sim")
@@ -152,12 +157,13 @@ def _load(scenario: str | None, default: str, peers: int | None, duration: float
     )
 
 
-def _remove_log(path: Path) -> None:
-    """The simulation writes a fresh log: remove exactly the files of a previous one."""
-    for suffix in ("", "-wal", "-shm"):
-        candidate = Path(f"{path}{suffix}")
-        if candidate.exists():
-            candidate.unlink()
+def _remove_logs(paths: tuple[str, ...]) -> None:
+    """The simulation writes fresh logs: remove exactly the files a previous run left under these names."""
+    for path in paths:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            candidate = Path(f"{path}{suffix}")
+            if candidate.exists():
+                candidate.unlink()
 
 
 def register(app: typer.Typer) -> None:
@@ -218,9 +224,11 @@ def register(app: typer.Typer) -> None:
         loaded = _load(scenario, "matrix" if compare else "mesh", peers, duration)
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = None
+        logs: tuple[str, ...] = ()
         if not compare:
             log_path = out_dir / f"{loaded.name}.db"
-            _remove_log(log_path)
+            logs = log_files(loaded, str(log_path))
+            _remove_logs(logs)
         vantages = len(loaded.local_nats)
         total = loaded.duration_ms * vantages * (len(chosen) + 1)
         console = Console(stderr=True)
@@ -242,12 +250,18 @@ def register(app: typer.Typer) -> None:
             for item in chosen:
                 progress.update(task, description=item.name)
                 log = str(log_path) if log_path is not None else None
-                rows.append(
-                    run_policy(loaded, item, seed=seed, log=log, progress=advance, probe_cost=probe_cost)
-                )
+                try:
+                    rows.append(
+                        run_policy(loaded, item, seed=seed, log=log, progress=advance, probe_cost=probe_cost)
+                    )
+                except SimulationError as exc:
+                    raise CliError(str(exc)) from None
         png = None
         if plot:
             png = write_plot(rows, out_dir / f"{loaded.name}{'-compare' if compare else ''}.png", loaded)
+            if png is None:
+                hint = "no plot: matplotlib is not installed (pip install 'natrelay[sim]')"
+                console.print(hint, markup=False)
         if as_json:
             report: dict[str, Any] = {
                 "scenario": loaded.name,
@@ -258,7 +272,11 @@ def register(app: typer.Typer) -> None:
                 "peers": loaded.peers + len(loaded.peer_list),
                 "duration_s": loaded.duration_ms / 1000,
                 "policies": [row.to_json() for row in rows],
-                "log": None if log_path is None else str(log_path),
+                "log": logs[0] if len(logs) == 1 else None,
+                "logs": [
+                    {"local_nat": nat, "path": path}
+                    for nat, path in zip(loaded.local_nats, logs, strict=False)  # no logs with --compare
+                ],
                 "plot": None if png is None else str(png),
             }
             sys.stdout.write(json.dumps(report, indent=2) + "\n")
@@ -273,11 +291,15 @@ def register(app: typer.Typer) -> None:
         if loaded.description:
             out.print(f"[dim]{loaded.description} ({loaded.source})[/dim]")
         if png is not None:
-            out.print(f"plot: {png}")
-        if log_path is not None:
-            where = log_path if vantages == 1 else out_dir / f"{loaded.name}-<local NAT>.db"
-            out.print(f"log:  {where}")
+            out.print(f"plot: {png}", markup=False)
+        if len(logs) > 1:
+            out.print(f"logs: one per local NAT: {', '.join(logs)}", markup=False)
+        if logs:
+            where = logs[0]
+            if len(logs) == 1:
+                out.print(f"log:  {where}", markup=False)
             out.print(
                 f"next: natrelay status {where} · natrelay timeline {where} · natrelay explain {where} <peer>"
-                f" · natrelay replay {where} --verify"
+                f" · natrelay replay {where} --verify · natrelay plot {where} [<peer>]",
+                markup=False,
             )

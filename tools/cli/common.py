@@ -7,6 +7,7 @@ the error that main() turns into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -43,3 +44,15 @@ def open_existing(location: str) -> EventLog:
     if "://" not in location and not Path(location).exists():
         raise CliError(f"no log at {location}")
     return EventLog.open(location, create=False)
+
+
+def require_extra(module: str, extra: str, verb: str) -> None:
+    """A one-line error naming the extra to install when `module` (an optional dependency) is missing.
+
+    Verbs that need an extra (pyproject's optional-dependencies) call this before
+    their lazy import, so a plain install says what to do instead of a traceback.
+    """
+    if importlib.util.find_spec(module) is None:
+        raise CliError(
+            f"natrelay {verb} needs {module}, which is not installed: pip install 'natrelay[{extra}]'"
+        )
