@@ -9,10 +9,10 @@ This module owns the data plane between wireguard-go and the network:
     TURN session ─► sink ─┬─ probe (CALL)? handled here
                           └─ else ─► the peer's link port ─► wireguard
 
-Each peer is configured in WireGuard once, with its link port as endpoint, and WireGuard's
-endpoint never changes again: switching between direct and relayed paths, and probing
-candidate endpoints, happen here, so the live path is never taken away. (Tailscale's
-magicsock and NetBird's wgproxy follow the same split.)
+Used in ``data_plane = "proxy"`` (the default is ``shared``, docs/real-mesh.md). Each peer is
+configured in WireGuard once, with its link port as endpoint, which never changes again:
+switching paths and probing candidates happen here, so the live path is never taken away
+(as in Tailscale's magicsock and NetBird's wgproxy).
 
 Rules of this module:
 
@@ -28,13 +28,11 @@ Rules of this module:
   ``heartbeat_after`` s, the proxy pings the path every ``heartbeat_every`` s; nothing
   back for ``dead_after`` s reports the path dead (``on_dead``). Idle peers get no
   heartbeats: their dead paths show in WireGuard's handshake age, as before.
-- Handshake messages WireGuard sends while the peer has no path are held (the last four,
-  for 4 s) and sent as soon as a path is set: the first handshake needs no retry, also
-  when the two agents select their paths a few milliseconds apart. Only the node with
-  the larger public key sends a held initiation (two crossing initiations leave both
-  sides waiting for WireGuard's 5 s retry).
-- No decisions: which path to use comes from the engine through the agent
-  (``use_direct``, ``use_relay``); what is observed goes out through the callbacks.
+- Handshake messages sent while the peer has no path are held (the last four, for 4 s)
+  and sent once a path is set; only the node with the larger public key sends a held
+  initiation (two crossing ones both wait for WireGuard's 5 s retry).
+- No decisions: the path comes from the engine through the agent (``use_direct``,
+  ``use_relay``); what is observed goes out through the callbacks.
 """
 
 from __future__ import annotations
@@ -160,8 +158,6 @@ class PathProxy:
     rejected_probes: int = 0
     closed: bool = False
 
-    # ---- setup ---------------------------------------------------------------------------
-
     def start(self) -> None:
         """Bind the public port and start the heartbeat (inside a running event loop)."""
         self._loop = asyncio.get_running_loop()
@@ -251,8 +247,6 @@ class PathProxy:
         if self._epoll is not None:
             self._epoll.close()
 
-    # ---- paths -----------------------------------------------------------------------------
-
     def link(self, peer: str) -> PeerLink | None:
         return self._links.get(peer)
 
@@ -296,8 +290,6 @@ class PathProxy:
             self._to_wireguard(link, data)
 
         return sink
-
-    # ---- probing -----------------------------------------------------------------------------
 
     def probe(self, peer: str, addr: Addr, duration: float) -> None:
         """Ping ``addr`` from the public port every ``probe_every`` s for ``duration`` s or until answered."""
@@ -401,8 +393,6 @@ class PathProxy:
         if probe.kind == pr.CALL and self.on_call is not None:
             self.on_call(link.peer)
 
-    # ---- forwarding ----------------------------------------------------------------------------
-
     def _read_public(self) -> None:
         sock = self._public
         if sock is None:
@@ -476,8 +466,6 @@ class PathProxy:
                 self._send_public(data, link.direct)
             elif link.relay is not None:
                 link.relay.send(data)
-
-    # ---- liveness ------------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
         step = min(self.heartbeat_every, 0.1)

@@ -3,7 +3,7 @@
 Owns what a scenario is (local vantage NATs, the peer mix, links, relays,
 outages, the dynamics of the mesh, and optional hand-written peers and events)
 and turning a file into one, with errors that name the file and the key. It
-never runs anything; `sim_network` turns a scenario into events. The format is
+never runs anything; `simulated_network` turns a scenario into events. The format is
 documented in docs/scenarios.md.
 """
 

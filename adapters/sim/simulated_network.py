@@ -11,7 +11,7 @@ in an `Account` per peer, which the metrics read.
 Rules:
 - no wall clock, no global randomness: every draw comes from generators seeded
   by the run's seed, and events at the same millisecond keep insertion order;
-- a direct attempt works only as WireGuard hole punching works (`sim_nat.punch`);
+- a direct attempt works only as WireGuard hole punching works (`nat_model.punch`);
   a lost handshake is retried after REKEY_TIMEOUT (5 s), as WireGuard does, also
   through a relay (the peer's lossy link is on both paths); once a session is up,
   probing another endpoint is one authenticated round trip (WireGuard roaming);
