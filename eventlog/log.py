@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import Engine, func, select
@@ -312,7 +312,8 @@ class EventLog:
         versions and the times (the event's `at` is in its payload), and the caller decodes
         each row itself with `records.TRUSTED_BUILDERS`, falling back to `decode_trusted`.
         """
-        return self._pages(from_seq, to_seq, streams, stream_prefixes, None, FOLD_COLUMNS)
+        pages = self._pages(from_seq, to_seq, streams, stream_prefixes, None, FOLD_COLUMNS)
+        return cast(Iterator[list[tuple[int, str, int, bytes]]], pages)
 
     def read(
         self,

@@ -128,6 +128,7 @@ def _fold_all(log: EventLog, node: str, engine: Engine, start: int, until_seq: i
                 kind = type(event)
                 fold = plans.get(kind) or plan(engine, kind)
             else:
+                assert entry is not None  # a trusted build happened only with an entry
                 fold = entry[2]
             if event.at > engine.now:
                 engine.now = event.at

@@ -30,6 +30,12 @@ MYPYPATH=$tree "$PYTHON" -m mypy --config-file "$root/pyproject.toml" \
   -m natrelay.adapters.node \
   -m natrelay.adapters.network \
   -m natrelay.adapters.memory \
-  -p natrelay.adapters.sim \
+  -m natrelay.adapters.sim.nat_model \
+  -m natrelay.adapters.sim.scenario \
+  -m natrelay.adapters.sim.metrics \
+  -m natrelay.adapters.sim.run \
+  -m natrelay.adapters.sim.simulated_network \
+  -m natrelay.adapters.sim.sim_model \
+  `# sim_handlers and sim_oracle, mixins of SimNetwork, are followed for types only` \
   -m natrelay.tools.plot_log \
   -m natrelay.tools.cli.cmd_plot
