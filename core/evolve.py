@@ -86,7 +86,11 @@ def count_holds(state: State, before: tuple[str, ...], after: tuple[str, ...]) -
     """
     held = state.relay_held
     for relay in before:
-        held[relay] -= 1
+        left = held[relay] - 1
+        if left:
+            held[relay] = left
+        else:
+            del held[relay]  # as a restored engine counts it: only relays holding a slot
         if relay not in after and relay in state.registry.relays and state.relay_headroom(relay) == 1:
             state._freed.add(relay)
     for relay in after:
