@@ -52,7 +52,7 @@ OPTIONAL = {
     "pyroute2": "kernel",
 }
 #: Modules that are an optional extra's own: they may import it at module level (and are imported lazily).
-EXTRA_MODULES = {"natrelay.tools.fuzz.machine": "fuzz"}
+EXTRA_MODULES = {"natrelay.tools.fuzz.machine": "fuzz", "natrelay.tools.fuzz.runner": "fuzz"}
 #: Import name -> distribution, where the two differ.
 DISTRIBUTION = {"attr": "attrs"}
 #: Files in package folders that are scripts of the repository (tools/*.sh), not package data.
