@@ -42,7 +42,6 @@ from natrelay.adapters.mesh import probes as pr
 from natrelay.adapters.mesh.path_proxy import Addr, fmt, parse_addr
 from natrelay.adapters.mesh.shared_socket import RawProbeSocket
 from natrelay.adapters.mesh.wg_counters import PeerCounters, Uapi, UapiError
-from natrelay.adapters.mesh.wg_values import WireGuardError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class SharedPlane:
     probe_every: float = 0.2
     sample_every: float = 0.1
     #: While no direct peer sends data, counters are read this seldom (an idle agent sleeps).
-    idle_sample_every: float = 2.0
+    idle_sample_every: float = 1.0
 
     _loop: asyncio.AbstractEventLoop | None = None
     _raw: RawProbeSocket | None = None
@@ -333,12 +332,11 @@ class SharedPlane:
     async def _heartbeat(self) -> None:
         while not self.closed:
             await asyncio.sleep(self._sample_interval(time.monotonic()))
-            direct = {link.peer for link in self._links.values() if link.direct is not None}
-            if not direct:
+            if not any(link.direct is not None for link in self._links.values()):
                 continue
             try:
-                counters = self._counters(direct)
-            except (UapiError, OSError, WireGuardError) as exc:
+                counters = self.uapi.peers() if self.uapi.available else self._wg_counters()
+            except (UapiError, OSError) as exc:
                 log.info("reading WireGuard's counters failed: %s", exc)
                 continue
             self.check_liveness(time.monotonic(), counters)
@@ -356,12 +354,8 @@ class SharedPlane:
                 return self.sample_every
         return self.idle_sample_every
 
-    def _counters(self, peers: set[str]) -> dict[str, PeerCounters]:
-        """The direct peers' counters: through the agent's WireGuard, which reads only those
-        peers' lines (UAPI) or netlink (kernel), so a thousand idle peers cost little."""
-        if self.wireguard is None:
-            return self.uapi.peers()
-        status = self.wireguard.show(peers)
+    def _wg_counters(self) -> dict[str, PeerCounters]:
+        status = self.wireguard.show()
         return {p.public_key: PeerCounters(p.rx_bytes, p.tx_bytes, p.endpoint) for p in status.peers}
 
     def check_liveness(self, now: float, counters: dict[str, PeerCounters]) -> None:
