@@ -1,7 +1,7 @@
 """Liveness on the simulator: every peer with a path gets connected within a bound from the policy.
 
-Hypothesis draws small topologies for the NAT simulator (adapters/sim_network.py):
-the local node's NAT and each peer's NAT type (all of sim_nat.NAT_TYPES, UDP
+Hypothesis draws small topologies for the NAT simulator (adapters/sim/simulated_network.py):
+the local node's NAT and each peer's NAT type (all of nat_model.NAT_TYPES, UDP
 blocked included), link RTT and loss, join times, one or two relays, and an
 outage of the first relay. A `Node` runs the policy on an in-memory log, the
 simulator answering its commands. The claims, with B = `bound_ms(policy, lossy)` per peer:
