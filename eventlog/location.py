@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,27 @@ def _create_sqlite_file(path: str, create: bool) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
+def _ensure_wal(dbapi_connection: Any) -> None:
+    """Put the file in WAL mode once; later openers only read the mode, which takes no lock.
+
+    Switching the mode needs the database to itself: two agents opening a new shared log
+    at the same moment met "database is locked" here, past the busy timeout, and the one
+    that lost stopped. So a locked switch is retried for a while, and skipped when another
+    opener has switched the file meanwhile.
+    """
+    deadline = time.monotonic() + 5 * SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            (mode,) = dbapi_connection.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _configure_sqlite(engine: Engine, memory: bool) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, record: Any) -> None:
@@ -77,7 +100,7 @@ def _configure_sqlite(engine: Engine, memory: bool) -> None:
         # would defer the write lock and break BEGIN IMMEDIATE).
         dbapi_connection.isolation_level = None
         if not memory:
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            _ensure_wal(dbapi_connection)
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
     @event.listens_for(engine, "begin")
