@@ -18,7 +18,6 @@ from .events import (
     DirectPathSelected,
     DirectRoundFailed,
     Event,
-    PathLost,
     PathUpgraded,
     PeerRemoved,
     Purpose,
@@ -126,12 +125,6 @@ class AttemptCounts:
         self.rounds.pop(event.peer, None)
         self.failed.pop(event.peer, None)
 
-    def _path_lost(self, event: PathLost) -> None:
-        # A directly connected peer probes new candidates in rounds of its own (issue 13);
-        # losing the path sends it back to pending, where such a round has no meaning.
-        if event.path_kind == "direct":
-            self.rounds.pop(event.peer, None)
-
     def to_state(self) -> dict[str, Any]:
         return {
             "rounds": {peer: r.to_state() for peer, r in sorted(self.rounds.items())},
@@ -153,6 +146,5 @@ _HANDLERS: dict[type, Any] = {
     DirectPathSelected: AttemptCounts._succeeded,
     PathUpgraded: AttemptCounts._succeeded,
     PeerRemoved: AttemptCounts._succeeded,
-    PathLost: AttemptCounts._path_lost,
 }
 AttemptCounts.HANDLES = frozenset(_HANDLERS)

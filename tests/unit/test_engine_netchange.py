@@ -74,18 +74,3 @@ def test_a_peer_waiting_for_a_full_relay_takes_the_slot_the_moment_it_frees() ->
     d.feed(RelaySessionEstablished(at=100, peer=first, relay="one", session="s1"))
     reaction = d.feed(PeerRemoved(at=1_000, peer=first))
     assert ConnectViaRelay(peer=second, relay="one", deadline=6_000) in reaction.commands
-
-
-def test_losing_a_direct_path_while_a_probe_round_is_out_abandons_the_round() -> None:
-    """Found by the fuzz: the probe round of a connected peer stayed open after PathLost; a
-    peer left in pending with it open later failed that round there — an InvalidTransition
-    that stopped the node. The loss closes the round (the fold, as replay sees it)."""
-    from natrelay.core.events import PathLost
-
-    d = Driver(policy(min_direct_attempts=3))
-    _direct(d)
-    d.feed(CandidatesUpdated(at=10_000, peer=P, candidates=(A, NEW)))  # a probe round is out
-    assert d.engine.attempts.open_round(P) is not None
-    lost = PathLost(at=10_010, peer=P, path_kind="direct", path=A, reason="silent")
-    d.engine.attempts.apply(lost)
-    assert d.engine.attempts.open_round(P) is None
