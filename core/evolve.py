@@ -212,24 +212,23 @@ def fold_candidates(state: State, event: CandidatesUpdated) -> None:
     if event.candidates == record.candidates:
         return  # nothing new to try (a duplicate report changes nothing)
     record.candidates = event.candidates
-    if record.state in (lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
-        if record.next_round_at is None or record.next_round_at > event.at:
-            record.next_round_at = event.at
-    elif record.state in lc.CONNECTED_STATES:
-        # probe the new candidates at once, beside the live path (issue 13)
-        record.probes_done = 0
-        record.next_probe_at = event.at
+    _try_again_now(record, event.at)
 
 
 def fold_local_addresses(state: State, event: LocalAddressesChanged) -> None:
     """Our own addresses changed: every peer is probed again at once (issue 13)."""
     for record in state.peers.values():
-        if record.state in (lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
-            if record.next_round_at is None or record.next_round_at > event.at:
-                record.next_round_at = event.at
-        elif record.state in lc.CONNECTED_STATES:
-            record.probes_done = 0
-            record.next_probe_at = event.at
+        _try_again_now(record, event.at)
+
+
+def _try_again_now(record: PeerRecord, at: int) -> None:
+    """A peer's direct round is due now; a connected peer probes at once, beside its live path."""
+    if record.state in (lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
+        if record.next_round_at is None or record.next_round_at > at:
+            record.next_round_at = at
+    elif record.state in lc.CONNECTED_STATES:
+        record.probes_done = 0
+        record.next_probe_at = at
 
 
 def fold_handshake(state: State, event: HandshakeObserved) -> None:
