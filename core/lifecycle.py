@@ -67,9 +67,11 @@ TRANSITIONS: Final[tuple[dict[str, Any], ...]] = (
         "source": [DIRECT_TRYING, RELAY_ELIGIBLE, RELAY_CONNECTED, DIRECT_CONNECTED],
         "dest": None,
     },
+    # a round fails in any live state; in pending it is the probe round of a direct path
+    # lost before the round's deadline (the next connect round still counts from it)
     {
         "trigger": "fail_direct_round",
-        "source": [DIRECT_TRYING, RELAY_ELIGIBLE, RELAY_CONNECTED, DIRECT_CONNECTED],
+        "source": [PENDING, DIRECT_TRYING, RELAY_ELIGIBLE, RELAY_CONNECTED, DIRECT_CONNECTED],
         "dest": None,
     },
     # the threshold fired (direct-first), or the policy/peer says relay first

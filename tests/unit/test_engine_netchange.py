@@ -9,6 +9,7 @@ from natrelay.core.events import (
     CandidatesUpdated,
     HandshakeObserved,
     LocalAddressesChanged,
+    PathSilent,
     PeerAdded,
     PeerRemoved,
     RelayAnnounced,
@@ -74,3 +75,23 @@ def test_a_peer_waiting_for_a_full_relay_takes_the_slot_the_moment_it_frees() ->
     d.feed(RelaySessionEstablished(at=100, peer=first, relay="one", session="s1"))
     reaction = d.feed(PeerRemoved(at=1_000, peer=first))
     assert ConnectViaRelay(peer=second, relay="one", deadline=6_000) in reaction.commands
+
+
+def test_a_probe_round_outlived_by_its_lost_direct_path_fails_in_pending_and_the_peer_reconnects() -> None:
+    """Found by the fuzz: the path's silence arrives after the probe round's deadline (no
+    Tick in between); the round then failed in pending and the lifecycle raised
+    InvalidTransition. Kills a lifecycle without that row, and a fix that forgets the
+    round (the next connect round must count on from it: endpoints rotate by round)."""
+    d = Driver(policy(min_direct_attempts=3))
+    _direct(d)
+    d.feed(CandidatesUpdated(at=10_000, peer=P, candidates=(NEW,)))
+    probe_round = d.engine.attempts.open_round(P)
+    assert probe_round is not None and probe_round.deadline < 20_000
+    reaction = d.feed(PathSilent(at=20_000, peer=P, silent_ms=5_000))
+    kinds = [e.TYPE for e in reaction.decisions]
+    assert kinds[:2] == ["path_lost", "direct_round_failed"], kinds
+    assert d.state() == lc.DIRECT_TRYING  # reconnecting: a connect round started at once
+    connect = d.engine.attempts.open_round(P)
+    assert connect is not None and connect.purpose == "connect"
+    assert connect.attempt == probe_round.attempt + 1
+    assert d.engine.attempts.attempts(P) == 0  # a failed probe round is no failed connect

@@ -50,7 +50,9 @@ EXPECTED_ROWS: dict[str, tuple[str | None, ...]] = {
     # the first direct round leaves pending; later rounds and upgrade probes stay; a
     # directly connected peer probes a new or changed candidate beside its live path (issue 13)
     "start_direct_round": (T, T, E, R, D, _),
-    "fail_direct_round": (_, T, E, R, D, _),
+    # a round fails in any live state; in pending it is the probe round of a direct path
+    # lost after the round's deadline had passed (the observation came late)
+    "fail_direct_round": (P, T, E, R, D, _),
     # the threshold fired (direct-first), or relay-first / relay-only / nothing to try directly
     "become_relay_eligible": (E, E, _, _, _, _),
     "choose_relay": (_, _, E, _, _, _),
