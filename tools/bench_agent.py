@@ -61,6 +61,7 @@ class ProcSample:
 class Measurement:
     peers: int
     phase: str
+    data_plane: str
     window_s: float
     cpu_percent: float
     children_cpu_percent: float
@@ -115,7 +116,9 @@ def children_named(pid: int, name: str) -> set[int]:
     return found
 
 
-def measure(pid: int, peers: int, phase: str, window: float, during: object = None) -> Measurement:
+def measure(
+    pid: int, peers: int, phase: str, window: float, during: object = None, data_plane: str = "shared"
+) -> Measurement:
     """Watch ``pid`` for ``window`` seconds; ``during(elapsed)`` is called every 50 ms."""
     hz = os.sysconf("SC_CLK_TCK")
     before = sample(pid)
@@ -130,6 +133,7 @@ def measure(pid: int, peers: int, phase: str, window: float, during: object = No
     return Measurement(
         peers=peers,
         phase=phase,
+        data_plane=data_plane,
         window_s=round(span, 1),
         cpu_percent=100.0 * (after.cpu_ticks - before.cpu_ticks) / hz / span,
         children_cpu_percent=100.0 * (after.child_ticks - before.child_ticks) / hz / span,
@@ -148,8 +152,10 @@ def _toml(value: object) -> str:
     return repr(value)
 
 
-def write_config(path: Path, node: str, peers: Sequence[dict[str, object]]) -> Path:
-    """The agent's config, in the default data plane (its probes need the mesh's shared secret)."""
+def write_config(
+    path: Path, node: str, peers: Sequence[dict[str, object]], data_plane: str = "shared"
+) -> Path:
+    """The agent's config in ``data_plane`` (its probes need the mesh's shared secret)."""
     secret = path.parent / "probe.secret"
     if not secret.exists():
         secret.touch(mode=0o600)
@@ -157,6 +163,7 @@ def write_config(path: Path, node: str, peers: Sequence[dict[str, object]]) -> P
     lines = [
         f"node = {_toml(node)}",
         "advertise_reflexive = false",
+        f"data_plane = {_toml(data_plane)}",
         f"probe_secret_file = {_toml(str(secret))}",
         "",
     ]
@@ -223,7 +230,7 @@ def wait_for(what: str, condition: object, timeout: float) -> None:
 
 
 def run_one(
-    peers: int, window: float, churn_window: float, settle: float, seed: int = 18
+    peers: int, window: float, churn_window: float, settle: float, seed: int = 18, data_plane: str = "shared"
 ) -> tuple[list[Measurement], float | None]:
     """Measure one agent with ``peers`` peers; returns the measurements and the latency (ms)."""
     rng = random.Random(seed + peers)
@@ -259,7 +266,7 @@ def run_one(
         ]
         procs = {}
         for peer, spec in ((b, b_peers), (a, a_peers)):
-            config = write_config(topo.workdir / f"agent-{peer.name}.toml", peer.name, spec)
+            config = write_config(topo.workdir / f"agent-{peer.name}.toml", peer.name, spec, data_plane)
             procs[peer.name] = topo.spawn(
                 f"agent-{peer.name}",
                 [
@@ -281,7 +288,7 @@ def run_one(
         if handshake is not None and seen and seen[0].at >= handshake:  # type: ignore[attr-defined]
             latency = float(seen[0].at - handshake)  # type: ignore[attr-defined]
         time.sleep(settle)
-        results = [measure(pid, peers, "idle", window)]
+        results = [measure(pid, peers, "idle", window, data_plane=data_plane)]
         if churn_window > 0 and peers >= 100:
             from natrelay.adapters.mesh.rendezvous import Rendezvous
 
@@ -298,7 +305,9 @@ def run_one(
                     )
                     done[0] += 1
 
-            results.append(measure(pid, peers, "churn 10 %/min", churn_window, during=churn))
+            results.append(
+                measure(pid, peers, "churn 10 %/min", churn_window, during=churn, data_plane=data_plane)
+            )
             rendezvous.close()
         for name in ("a", "b"):
             procs[name].send_signal(2)
@@ -306,17 +315,17 @@ def run_one(
         return results, latency
 
 
-def render(results: Sequence[Measurement], latencies: dict[int, float | None]) -> str:
+def render(results: Sequence[Measurement], latencies: dict[tuple[int, str], float | None]) -> str:
     head = (
-        "| peers | phase | window | CPU % of a core | of which `wg` | wake-ups/s | preempted/s"
+        "| data plane | peers | phase | window | CPU % of a core | of which `wg` | wake-ups/s | preempted/s"
         " | `wg` children seen | RSS | first handshake → log |"
     )
-    lines = [head, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in results:
-        latency = latencies.get(m.peers)
+        latency = latencies.get((m.peers, m.data_plane))
         shown = "—" if latency is None or m.phase != "idle" else f"{latency:.0f} ms"
         lines.append(
-            f"| {m.peers:,} | {m.phase} | {m.window_s:.0f} s | {m.cpu_percent:.2f} "
+            f"| {m.data_plane} | {m.peers:,} | {m.phase} | {m.window_s:.0f} s | {m.cpu_percent:.2f} "
             f"| {m.children_cpu_percent:.2f} | {m.wakeups_per_s:.1f} | {m.preempted_per_s:.1f} "
             f"| {m.wg_children} | {m.rss_mb:.0f} MB | {shown} |"
         )
@@ -335,7 +344,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="extra 1-peer runs measuring only first handshake → log (median and max)",
     )
+    parser.add_argument(
+        "--data-plane",
+        default="shared",
+        help="comma-separated data planes to measure side by side: shared (the default), endpoint, proxy",
+    )
     args = parser.parse_args(argv)
+    planes = [p.strip() for p in args.data_plane.split(",") if p.strip()]
+    if not planes or any(p not in ("shared", "endpoint", "proxy") for p in planes):
+        print(
+            f"bench_agent: --data-plane: expected shared, endpoint or proxy, got {args.data_plane!r}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         counts = [int(p) for p in args.peers.split(",") if p.strip()]
     except ValueError:
@@ -353,17 +374,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench_agent: needs root and {', '.join(missing) or 'nothing else'}", file=sys.stderr)
         return 2
     results: list[Measurement] = []
-    latencies: dict[int, float | None] = {}
+    latencies: dict[tuple[int, str], float | None] = {}
     for count in counts:
-        measured, latency = run_one(count, args.window, args.churn_window, args.settle)
-        results += measured
-        latencies[count] = latency
-        print(render(measured, {count: latency}).splitlines()[-len(measured) :][0], file=sys.stderr)
+        for plane in planes:
+            measured, latency = run_one(count, args.window, args.churn_window, args.settle, data_plane=plane)
+            results += measured
+            latencies[(count, plane)] = latency
+            print(
+                render(measured, {(count, plane): latency}).splitlines()[-len(measured) :][0], file=sys.stderr
+            )
     print(render(results, latencies))
     if args.latency_trials > 0:
         samples = []
         for _ in range(args.latency_trials):
-            _measured, latency = run_one(1, 0.1, 0, 0)
+            _measured, latency = run_one(1, 0.1, 0, 0, data_plane=planes[0])
             if latency is not None:
                 samples.append(latency)
         samples.sort()

@@ -126,6 +126,18 @@ def _open_shared(agent: Agent, status: InterfaceStatus) -> None:
         agent._spawn(agent._port_mapper.run())
 
 
+def share_reading(agent: Agent, status: InterfaceStatus) -> None:
+    """Hand the agent's full reading of WireGuard to the shared plane's liveness check.
+
+    The proxy sees every packet and needs none; the shared plane would otherwise read
+    WireGuard on its own beside the agent (twice the idle cost, issue 18).
+    """
+    from natrelay.adapters.mesh.shared_plane import SharedPlane
+
+    if isinstance(agent.proxy, SharedPlane):
+        agent.proxy.take_reading(status.peers)
+
+
 def relay_datapath(agent: Agent, peer: str) -> dict[str, Any]:
     """How a TURN session for ``peer`` meets WireGuard (keyword arguments of ``TurnSession``)."""
     plane = agent.proxy
@@ -299,8 +311,8 @@ def _called(agent: Agent, peer: str) -> None:
 # ---- candidates --------------------------------------------------------------------------
 
 
-def publish_candidates(agent: Agent) -> None:
-    """Publish host, mapped, reflexive and configured candidates with their kinds."""
+def publish_candidates(agent: Agent) -> tuple[str, ...]:
+    """Publish host, mapped, reflexive and configured candidates with their kinds; return them."""
     cfg, port = agent.config, agent.listen_port
     kinds: dict[str, Any] = {}
     if cfg.advertise_host:
@@ -321,3 +333,4 @@ def publish_candidates(agent: Agent) -> None:
     if ordered:
         log.info("candidates: %s", ", ".join(f"{e} ({kinds[e]})" for e in ordered))
         agent.rendezvous.publish_candidates(agent.now(), agent.me, ordered, kinds)
+    return ordered

@@ -241,6 +241,7 @@ class Observing:
         watch.wireguard_reads += 1
         if full:
             watch.full_read_at = now
+            dp.share_reading(self, status)
         watch.wireguard_at = watch.full_read_at + self.silence_check_ms()
         # A write after this reading (a peer re-created by a decision taken below) makes
         # the reading stale for that peer: its handshake and counters are from before.

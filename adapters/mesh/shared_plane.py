@@ -15,9 +15,13 @@ design), with the same interface as ``PathProxy`` so ``data_plane`` drives both:
   so direct traffic is kernel -> WireGuard -> wire with no Python hop. ``use_relay`` sets
   it to the TURN session's loopback port (``turn_relay``), as the "endpoint" mode does.
 - Liveness of an active direct path (the proxy's heartbeat, same numbers): every
-  ``sample_every`` s the peer's rx/tx byte counters are read from WireGuard (UAPI
-  ``get=1``, no fork). A peer is active while its tx counter grows by more than a
-  keepalive; received bytes count only while WireGuard's endpoint is the direct path
+  ``sample_every`` s the direct peers' rx/tx byte counters are read from WireGuard (the
+  agent's ``WireGuard``: UAPI ``get=1`` or netlink, no fork). While no direct peer sends
+  data, the plane reads nothing itself: the agent's own full readings (its silence
+  cadence) are shared with it (``take_reading``), and only when none came for
+  ``idle_sample_every`` + ``reading_slack`` s does it read on its own — so an idle mesh
+  costs one reading per cadence, not two. A peer is active while its tx counter grows by
+  more than a keepalive; received bytes count only while WireGuard's endpoint is the direct path
   (WireGuard roams to where authenticated packets come from, e.g. the relay). Nothing
   received for ``heartbeat_after`` s: a ping every ``heartbeat_every`` s; a pong counts
   as received; ``dead_after`` s of silence: ``on_dead``.
@@ -33,20 +37,37 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import attrs
 
 from natrelay.adapters.mesh import probes as pr
 from natrelay.adapters.mesh.path_proxy import Addr, fmt, parse_addr
 from natrelay.adapters.mesh.shared_socket import RawProbeSocket
-from natrelay.adapters.mesh.wg_counters import PeerCounters, Uapi, UapiError
+from natrelay.adapters.mesh.wg_counters import Uapi, UapiError
+from natrelay.adapters.mesh.wg_values import WireGuardError
 
 log = logging.getLogger(__name__)
 
 #: A transport packet carrying nothing (a keepalive) is 32 bytes on the wire.
 KEEPALIVE_BYTES = 32
+
+
+class Counters(Protocol):
+    """What liveness reads of one peer: a ``PeerStatus`` of the agent's reading, or a test's."""
+
+    @property
+    def rx_bytes(self) -> int: ...
+    @property
+    def tx_bytes(self) -> int: ...
+    @property
+    def endpoint(self) -> str | None: ...
+
+
+class PeerReading(Counters, Protocol):
+    @property
+    def public_key(self) -> str: ...
 
 
 @attrs.define(eq=False)
@@ -97,6 +118,8 @@ class SharedPlane:
     sample_every: float = 0.1
     #: While no direct peer sends data, counters are read this seldom (an idle agent sleeps).
     idle_sample_every: float = 1.0
+    #: How late the agent's shared reading may be before the idle plane reads on its own.
+    reading_slack: float = 0.25
 
     _loop: asyncio.AbstractEventLoop | None = None
     _raw: RawProbeSocket | None = None
@@ -106,6 +129,10 @@ class SharedPlane:
     _probing: dict[tuple[str, Addr], float] = attrs.field(factory=dict)
     _confirmed: dict[tuple[str, Addr], float] = attrs.field(factory=dict)
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
+    _reading_timer: asyncio.TimerHandle | None = None
+    _last_reading: float = -1e9
+    #: Readings of WireGuard the plane made itself (the agent's shared ones not counted).
+    own_readings: int = 0
     rejected_probes: int = 0
     closed: bool = False
 
@@ -116,7 +143,7 @@ class SharedPlane:
         self._loop = asyncio.get_running_loop()
         self._raw = RawProbeSocket(self.public_port)
         self._loop.add_reader(self._raw.fileno(), self._read)
-        self._spawn(self._heartbeat())
+        self._arm_reading()
 
     def add_peer(self, peer: str) -> str | None:
         """Track ``peer``; WireGuard gets no endpoint until a path is selected (None)."""
@@ -131,6 +158,8 @@ class SharedPlane:
 
     def close(self) -> None:
         self.closed = True
+        if self._reading_timer is not None:
+            self._reading_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._raw is not None:
@@ -171,7 +200,7 @@ class SharedPlane:
         self.wireguard.set_endpoint(link.peer, endpoint, handshake_now=first)
 
     def _untouched(self, peer: str) -> bool:
-        seen = self.uapi.peers().get(peer)
+        seen = self.wireguard.show([peer]).peer(peer)
         return seen is not None and seen.rx_bytes == 0 and seen.tx_bytes == 0
 
     def _pin(self, link: SharedLink) -> None:
@@ -192,6 +221,7 @@ class SharedPlane:
         link.last_rx_direct = time.monotonic()
         link.dead_reported = False
         log.info("data path of %s: direct %s", peer[:8], fmt(addr))
+        self._arm_reading()
 
     def use_relay(self, peer: str, session: Any) -> None:
         link = self._links[peer]
@@ -329,36 +359,57 @@ class SharedPlane:
 
     # ---- liveness ------------------------------------------------------------------------------
 
-    async def _heartbeat(self) -> None:
-        while not self.closed:
-            await asyncio.sleep(self._sample_interval(time.monotonic()))
-            if not any(link.direct is not None for link in self._links.values()):
-                continue
-            try:
-                counters = self.uapi.peers() if self.uapi.available else self._wg_counters()
-            except (UapiError, OSError) as exc:
-                log.info("reading WireGuard's counters failed: %s", exc)
-                continue
-            self.check_liveness(time.monotonic(), counters)
+    def take_reading(self, peers: Iterable[PeerReading]) -> None:
+        """The agent's own full reading of WireGuard, shared: the idle plane need not read."""
+        direct = {link.peer for link in self._links.values() if link.direct is not None}
+        now = time.monotonic()
+        self.check_liveness(now, {p.public_key: p for p in peers if p.public_key in direct})
+        self._last_reading = now
+        self._arm_reading()
 
-    def _sample_interval(self, now: float) -> float:
-        """Fast while a direct peer carries traffic (or WireGuard roamed), slow when all are idle.
+    def next_reading_at(self, now: float) -> float | None:
+        """When the plane must read WireGuard itself (monotonic s), or None: no direct path.
 
-        An idle mesh must cost nearly nothing (docs/real-mesh.md: an idle agent); traffic
-        that starts is seen within ``idle_sample_every``, then sampled every ``sample_every``.
+        Fast (``sample_every``) while a direct peer carries traffic or WireGuard roamed
+        away from its direct path; otherwise only when the agent's shared reading is late,
+        so an idle mesh costs one reading per cadence (issue 18's idle goals).
         """
+        idle = False
         for link in self._links.values():
             if link.direct is None:
                 continue
             if link.roamed is not None or now - link.last_tx_data <= self.active_window:
-                return self.sample_every
-        return self.idle_sample_every
+                return self._last_reading + self.sample_every
+            idle = True
+        return self._last_reading + self.idle_sample_every + self.reading_slack if idle else None
 
-    def _wg_counters(self) -> dict[str, PeerCounters]:
-        status = self.wireguard.show()
-        return {p.public_key: PeerCounters(p.rx_bytes, p.tx_bytes, p.endpoint) for p in status.peers}
+    def _arm_reading(self) -> None:
+        """(Re)schedule the plane's own reading: a timer, so nothing wakes while none is due."""
+        if self._reading_timer is not None:
+            self._reading_timer.cancel()
+            self._reading_timer = None
+        if self._loop is None or self.closed:
+            return
+        now = time.monotonic()
+        due = self.next_reading_at(now)
+        if due is not None:
+            self._reading_timer = self._loop.call_later(max(0.0, due - now), self._read_wireguard)
 
-    def check_liveness(self, now: float, counters: dict[str, PeerCounters]) -> None:
+    def _read_wireguard(self) -> None:
+        self._reading_timer = None
+        direct = [link.peer for link in self._links.values() if link.direct is not None]
+        if direct and not self.closed:
+            self.own_readings += 1
+            try:
+                status = self.wireguard.show(direct)
+            except (WireGuardError, OSError) as exc:
+                log.info("reading WireGuard's counters failed: %s", exc)
+            else:
+                self.check_liveness(time.monotonic(), {p.public_key: p for p in status.peers})
+        self._last_reading = time.monotonic()
+        self._arm_reading()
+
+    def check_liveness(self, now: float, counters: Mapping[str, Counters]) -> None:
         """Heartbeat active direct paths; report those silent for ``dead_after`` s."""
         self._pending.expire(now)
         for link in list(self._links.values()):

@@ -1,12 +1,13 @@
-"""wireguard-go's control socket for the shared data plane: per-peer counters and endpoints, no fork.
+"""wireguard-go's control socket for the shared data plane's path switches, no fork.
 
-This module owns the few UAPI exchanges the shared data plane makes many times a second:
-``get=1`` for each peer's rx/tx byte counters and current endpoint (the heartbeat's
-liveness signal, and whether WireGuard roamed), and ``set=1`` of one peer's endpoint (a
-path switch, in place: the session survives). Protocol: wireguard.com/xplatform.
+This module owns the one UAPI exchange the shared data plane makes on its own: ``set=1``
+of one peer's endpoint (a path switch, in place: the session survives), optionally
+re-arming its keepalive. Readings (counters, endpoints) go through the agent's
+``WireGuard`` (``wg_uapi`` or netlink), shared with the agent. Protocol:
+wireguard.com/xplatform.
 
 Kernel WireGuard has no UAPI socket (it speaks netlink); ``Uapi.available`` is False
-there and the caller reads the agent's ``WireGuard``, which uses netlink (no fork).
+there and the caller sets endpoints through the agent's ``WireGuard``.
 """
 
 from __future__ import annotations
@@ -22,42 +23,6 @@ SOCKET_DIR = "/var/run/wireguard"
 
 class UapiError(OSError):
     """The UAPI socket refused or failed a request (the message names the interface)."""
-
-
-@attrs.frozen
-class PeerCounters:
-    rx_bytes: int
-    tx_bytes: int
-    endpoint: str | None
-
-
-def parse_get(text: str) -> dict[str, PeerCounters]:
-    """Peers of a ``get=1`` answer: base64 public key -> counters and endpoint."""
-    peers: dict[str, PeerCounters] = {}
-    key: str | None = None
-    fields: dict[str, str] = {}
-
-    def flush() -> None:
-        if key is not None:
-            peers[key] = PeerCounters(
-                rx_bytes=int(fields.get("rx_bytes", "0")),
-                tx_bytes=int(fields.get("tx_bytes", "0")),
-                endpoint=fields.get("endpoint"),
-            )
-
-    for line in text.splitlines():
-        name, sep, value = line.partition("=")
-        if not sep:
-            continue
-        if name == "public_key":
-            flush()
-            key, fields = base64.b64encode(bytes.fromhex(value)).decode(), {}
-        elif name == "errno" and value != "0":
-            raise UapiError(f"UAPI get failed: errno {value}")
-        elif key is not None:
-            fields[name] = value
-    flush()
-    return peers
 
 
 @attrs.define
@@ -90,9 +55,6 @@ class Uapi:
             except OSError as exc:
                 raise UapiError(f"UAPI of {self.interface!r}: {exc}") from None
         return b"".join(chunks).decode()
-
-    def peers(self) -> dict[str, PeerCounters]:
-        return parse_get(self._exchange("get=1\n\n"))
 
     def set_endpoint(self, public_key: str, endpoint: str, kick_keepalive: int | None = None) -> None:
         """Point the (existing) peer at ``endpoint``, keeping its session.

@@ -142,7 +142,7 @@ def test_the_agent_benchmark_runs_tiny_and_sees_no_fork_in_steady_state() -> Non
         timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| 1")]
+    rows = [line.split("|")[2:-1] for line in run.stdout.splitlines() if line.startswith("| shared |")]
     phases = {(r[0].strip(), r[1].strip()) for r in rows}
     assert phases == {("1", "idle"), ("100", "idle"), ("100", "churn 10 %/min")}, run.stdout
     for row in rows:

@@ -17,12 +17,13 @@ import subprocess
 import sys
 import textwrap
 
+import attrs
 import pytest
 
 from natrelay.adapters.mesh import probes as pr
 from natrelay.adapters.mesh.shared_plane import SharedPlane
 from natrelay.adapters.mesh.shared_socket import build_udp, parse_ipv4_udp, probe_filter, udp_checksum
-from natrelay.adapters.mesh.wg_counters import PeerCounters, Uapi, parse_get
+from natrelay.adapters.mesh.wg_counters import Uapi
 
 SECRET = b"a mesh secret of enough bytes"
 A = base64.b64encode(bytes([1]) * 32).decode()
@@ -151,16 +152,13 @@ def test_only_probes_to_the_port_pass_the_filter_and_probes_leave_from_the_port(
 # ---- UAPI and liveness -----------------------------------------------------------------------
 
 
-def test_uapi_get_is_parsed_per_peer() -> None:
-    text = (
-        "private_key=" + "00" * 32 + "\nlisten_port=51820\n"
-        "public_key=" + "01" * 32 + "\nendpoint=192.0.2.1:51820\nrx_bytes=100\ntx_bytes=200\n"
-        "public_key=" + "02" * 32 + "\nrx_bytes=5\ntx_bytes=6\nerrno=0\n\n"
-    )
-    assert parse_get(text) == {
-        A: PeerCounters(100, 200, "192.0.2.1:51820"),
-        B: PeerCounters(5, 6, None),
-    }
+@attrs.frozen
+class PeerCounters:
+    """One peer's counters as a reading of WireGuard gives them."""
+
+    rx_bytes: int
+    tx_bytes: int
+    endpoint: str | None
 
 
 class _FakeRaw:
@@ -169,6 +167,9 @@ class _FakeRaw:
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
         self.sent.append((data, addr))
+
+    def close(self) -> None:
+        self.sent.clear()
 
 
 def _plane(sent: list[tuple[bytes, tuple[str, int]]], dead: list[str]) -> SharedPlane:
@@ -240,8 +241,68 @@ def test_counters_are_read_seldom_while_every_direct_peer_is_idle_and_often_once
     ep = "192.0.2.2:51820"
     t = 100.0
     plane.check_liveness(t, {B: PeerCounters(0, 0, ep)})
-    assert plane._sample_interval(t) == plane.idle_sample_every > plane.sample_every
+    plane._last_reading = t
+    idle_due = plane.next_reading_at(t)
+    assert idle_due == t + plane.idle_sample_every + plane.reading_slack
     t += 1.0
     plane.check_liveness(t, {B: PeerCounters(5_000, 5_000, ep)})  # data sent: active
-    assert plane._sample_interval(t) == plane.sample_every
-    assert plane._sample_interval(t + plane.active_window + 0.1) == plane.idle_sample_every
+    plane._last_reading = t
+    assert plane.next_reading_at(t) == t + plane.sample_every
+    later = t + plane.active_window + 0.1
+    assert plane.next_reading_at(later) == t + plane.idle_sample_every + plane.reading_slack
+    link = plane.link(B)
+    assert link is not None
+    link.direct = None  # relayed: nothing to read
+    assert plane.next_reading_at(later) is None
+
+
+@attrs.frozen
+class _Reading:
+    public_key: str
+    rx_bytes: int
+    tx_bytes: int
+    endpoint: str | None
+
+
+class _CountingWireGuard:
+    """The agent's WireGuard as the plane reads it: counts the plane's own readings."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.tx = 0
+
+    def show(self, only: object = None) -> object:
+        self.reads += 1
+        self.tx += 5_000  # traffic flows while the plane looks
+        return _Status((_Reading(B, self.tx, self.tx, "192.0.2.2:51820"),))
+
+
+@attrs.frozen
+class _Status:
+    peers: tuple[_Reading, ...]
+
+
+def test_the_agents_shared_readings_spare_the_idle_plane_its_own_and_traffic_makes_it_read_fast() -> None:
+    """Kills a plane that reads WireGuard beside the agent while idle (twice the idle cost),
+    and one that never reads on its own (traffic on an idle path would go unwatched)."""
+    import asyncio
+
+    async def run() -> tuple[int, int]:
+        wireguard = _CountingWireGuard()
+        plane = _plane([], [])
+        plane.wireguard = wireguard
+        plane._loop = asyncio.get_running_loop()
+        plane.idle_sample_every, plane.reading_slack, plane.sample_every = 0.05, 0.02, 0.01
+        idle = [_Reading(B, 0, 0, "192.0.2.2:51820")]
+        for _ in range(10):  # the agent reads every 0.05 s: the plane never needs to
+            plane.take_reading(idle)
+            await asyncio.sleep(0.05)
+        own_while_shared = wireguard.reads
+        plane.take_reading([_Reading(B, 0, 5_000, "192.0.2.2:51820")])  # data sent: active
+        await asyncio.sleep(0.2)
+        plane.close()
+        return own_while_shared, wireguard.reads
+
+    own_while_shared, own_total = asyncio.run(run())
+    assert own_while_shared == 0
+    assert own_total >= 5
