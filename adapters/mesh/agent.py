@@ -62,6 +62,7 @@ from natrelay.core.engine import Engine
 from natrelay.core.events import (
     DirectRoundFailed,
     Event,
+    LocalAddressesChanged,
     RelayAnnounced,
     RelayHealthMeasured,
     RelaySessionClosed,
@@ -132,6 +133,10 @@ class Agent(Starting, Observing):
     #: Relay sessions the engine closed at an upgrade, kept open until the given time (ms).
     _warm: dict[tuple[str, str], tuple[TurnSession, int]] = attrs.field(factory=dict)
     _port_mapper: Any = None
+    #: What this node published last (host, mapped, reflexive, configured endpoints).
+    _own_candidates: tuple[str, ...] = ()
+    #: Local address changes, from the kernel (``address_watch``).
+    _address_watch: Any = None
     #: peer -> {endpoint: kind} from the rendezvous at start (for PeerAdded).
     _published_kinds: dict[str, dict[str, str]] = attrs.field(factory=dict)
 
@@ -171,6 +176,8 @@ class Agent(Starting, Observing):
         for (peer, relay), (session, _until) in list(self._warm.items()):
             await self._close_session(peer, relay, session)
         self._warm.clear()
+        if self._address_watch is not None:
+            self._address_watch.close()
         await dp.close_port_mapping(self)
         dp.close_data_plane(self)
         self.rendezvous.close()
@@ -434,10 +441,11 @@ class Agent(Starting, Observing):
         except TurnError as exc:
             log.error("rebinding %r to the peer's new relayed address failed: %s", session, exc)
 
-    def _publish_candidates(self) -> None:
+    def _publish_candidates(self) -> tuple[str, ...]:
+        """Publish this node's candidates; returns them (what a local change is judged by)."""
         if self.proxy is not None or self.config.advertise_host or self.config.port_mapping:
-            dp.publish_candidates(self)
-            return
+            self._own_candidates = dp.publish_candidates(self)
+            return self._own_candidates
         candidates = list(self.config.extra_candidates)
         if self.config.advertise_reflexive:
             for spec in self.config.relays:
@@ -448,6 +456,21 @@ class Agent(Starting, Observing):
         unique = tuple(dict.fromkeys(candidates))
         if unique:
             self.rendezvous.publish_candidates(self.now(), self.me, unique)
+        self._own_candidates = unique
+        return unique
+
+    def _local_addresses_changed(self) -> None:
+        """The kernel announced an address or link change: republish, and tell the engine.
+
+        Only a change of what this node publishes is an observation: the engine then
+        re-probes every peer beside its live path (issue 13); peers learn the new
+        candidates from the rendezvous and probe back.
+        """
+        before = self._own_candidates
+        after = self._publish_candidates()
+        if after != before:
+            log.info("local addresses changed: %s -> %s", ", ".join(before) or "-", ", ".join(after) or "-")
+            self._pending.append(LocalAddressesChanged(at=self.now(), addresses=after))
 
 
 async def run_agent(

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from natrelay.adapters.mesh import data_plane as dp
+from natrelay.adapters.mesh.address_watch import AddressWatch
 from natrelay.adapters.mesh.rendezvous import Rendezvous
 from natrelay.adapters.mesh.wireguard import PeerConfig, WireGuard
 from natrelay.core import lifecycle as lc
@@ -70,6 +71,8 @@ class Starting:
             self._announce_once(spec.server.relay_id, spec.server.region, spec.server.address)
         self._resume()
         self._publish_candidates()
+        self._address_watch = AddressWatch(self._local_addresses_changed)
+        self._address_watch.start()
         live = {k for k, r in self.engine.peers.items() if r.state != lc.REMOVED}
         new = [p for p in cfg.peers if p.public_key not in live]
         published = self._await_candidates([p.public_key for p in new])
