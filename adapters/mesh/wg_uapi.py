@@ -75,11 +75,17 @@ def _endpoint(value: str) -> str | None:
     return value
 
 
-def parse_get(text: str, only: Collection[str] | None = None) -> InterfaceStatus:
+def parse_get(
+    text: str, only: Collection[str] | None = None, memo: dict[str, PeerStatus] | None = None
+) -> InterfaceStatus:
     """Parse the answer to ``get=1`` (never keeping private or preshared keys' values).
 
     With ``only`` (base64 keys), the other peers are skipped without being parsed: a
     reading for the few peers whose handshake is awaited costs little among a thousand.
+    With ``memo`` (kept by the caller between readings), a peer whose lines are exactly
+    those of the previous reading is not parsed again: an idle agent's full reading of a
+    thousand quiet peers is then a split and a lookup each (issue 18). The memo is left
+    holding this reading's peers only.
     """
     end = text.rfind("errno=")
     if end < 0 or (end > 0 and text[end - 1] != "\n"):
@@ -118,9 +124,16 @@ def parse_get(text: str, only: Collection[str] | None = None) -> InterfaceStatus
     peers: list[PeerStatus] = []
     # Compare hex prefixes: the peers skipped are neither split nor converted.
     wanted = None if only is None else {hex_key(key) for key in only}
+    seen: dict[str, PeerStatus] = {}
     for number, chunk in enumerate(chunks, start=1):
         if wanted is not None and chunk[:64] not in wanted:
             continue
+        if memo is not None:
+            known = memo.get(chunk)
+            if known is not None:
+                peers.append(known)
+                seen[chunk] = known
+                continue
         hex_value, _, body = chunk.partition("\n")
         public_key = b64_key(hex_value)
         fields: dict[str, str] = {}
@@ -150,6 +163,10 @@ def parse_get(text: str, only: Collection[str] | None = None) -> InterfaceStatus
             )
         except ValueError as exc:
             raise DumpParseError(f"UAPI peer {number} ({public_key[:8]}…): {exc}") from None
+        seen[chunk] = peers[-1]
+    if memo is not None and only is None:
+        memo.clear()
+        memo.update(seen)
     return InterfaceStatus(
         public_key="",
         listen_port=listen_port,
@@ -188,6 +205,8 @@ class UapiTransport:
     interface: str
     socket_dir: Path = SOCKET_DIR
     timeout: float = 5.0
+    #: The last full reading's peers by their exact lines (``parse_get``'s memo).
+    _memo: dict[str, PeerStatus] = attrs.field(factory=dict, repr=False)
 
     @property
     def path(self) -> Path:
@@ -219,7 +238,7 @@ class UapiTransport:
         return b"".join(chunks).decode("utf-8", errors="replace")
 
     def show(self, only: Collection[str] | None = None) -> InterfaceStatus:
-        return parse_get(self._exchange(b"get=1\n\n", "get"), only)
+        return parse_get(self._exchange(b"get=1\n\n", "get"), only, self._memo)
 
     def apply(self, peers: Sequence[tuple[PeerConfig, bool]] = (), removals: Sequence[str] = ()) -> None:
         self._set(set_request(peers, removals))

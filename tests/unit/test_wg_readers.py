@@ -73,6 +73,23 @@ def test_uapi_get_with_only_parses_just_those_peers() -> None:
     assert parse_get(GET, only=many).peers == (full.peer(B),)
 
 
+def test_uapi_get_with_a_memo_reuses_unchanged_peers_and_reparses_a_changed_one() -> None:
+    """Kills a memo that serves a peer's old counters after they moved (a dead path would
+    look alive), and one that grows without bound with peers long gone."""
+    memo: dict[str, object] = {}
+    assert parse_get(GET, None, memo) == parse_get(GET)  # type: ignore[arg-type]
+    assert len(memo) == 2
+    moved = GET.replace("rx_bytes=180", "rx_bytes=4242")
+    again = parse_get(moved, None, memo)  # type: ignore[arg-type]
+    assert again == parse_get(moved)
+    b = again.peer(B)
+    assert b is not None and b.rx_bytes == 4242
+    assert again.peer(C) is parse_get(moved, None, memo).peer(C)  # type: ignore[arg-type]
+    only_b = moved[: moved.index(f"public_key={hexk(C)}")] + "errno=0\n\n"
+    parse_get(only_b, None, memo)  # type: ignore[arg-type]
+    assert len(memo) == 1, "a peer no longer configured leaves the memo"
+
+
 @pytest.mark.parametrize(
     ("text", "error", "names"),
     [
