@@ -312,6 +312,12 @@ def run_one(
         for name in ("a", "b"):
             procs[name].send_signal(2)
             procs[name].wait(20)
+        keep = os.environ.get("NATRELAY_BENCH_KEEP_LOGS")
+        if keep:  # the agents' own logs, for looking into a figure (the topology goes away)
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for name in ("a", "b"):
+                target = Path(keep) / f"agent-{name}-{data_plane}-{peers}.log"
+                target.write_bytes((topo.workdir / f"agent-{name}.log").read_bytes())
         return results, latency
 
 
