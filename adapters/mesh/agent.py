@@ -43,7 +43,6 @@ import attrs
 
 from natrelay.adapters.mesh import data_plane as dp
 from natrelay.adapters.mesh.agent_config import AgentConfig
-from natrelay.adapters.mesh.candidates import stun_public_ip
 from natrelay.adapters.mesh.observe import Inbox, Observing, Watch
 from natrelay.adapters.mesh.path_proxy import PathProxy, parse_addr
 from natrelay.adapters.mesh.rendezvous import Rendezvous
@@ -62,7 +61,6 @@ from natrelay.core.engine import Engine
 from natrelay.core.events import (
     DirectRoundFailed,
     Event,
-    LocalAddressesChanged,
     RelayAnnounced,
     RelayHealthMeasured,
     RelaySessionClosed,
@@ -71,7 +69,7 @@ from natrelay.core.events import (
     stream_of,
 )
 from natrelay.eventlog import ConcurrencyError, EventLog
-from natrelay.eventlog.replay import node_view, rebuild
+from natrelay.eventlog.replay import node_view, rebuild, save_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +135,8 @@ class Agent(Starting, Observing):
     _own_candidates: tuple[str, ...] = ()
     #: Local address changes, from the kernel (``address_watch``).
     _address_watch: Any = None
+    #: Observations fed since the last automatic snapshot.
+    _since_snapshot: int = 0
     #: peer -> {endpoint: kind} from the rendezvous at start (for PeerAdded).
     _published_kinds: dict[str, dict[str, str]] = attrs.field(factory=dict)
 
@@ -199,9 +199,27 @@ class Agent(Starting, Observing):
                 self._rebuild()
                 continue
             self._after_append(stored)
+            self._snapshot_when_due()
             self._execute_all(reaction.decisions, reaction.commands)
             return
         log.error("could not append %s after 8 tries; dropped", observation.TYPE)
+
+    def _snapshot_when_due(self) -> None:
+        """Every ``snapshot_every`` observations, store the engine's state at the seq it has seen.
+
+        The engine has folded this node's whole view up to ``_seen_seq`` (the append was
+        checked against the relay streams' versions), so a rebuild from this snapshot plus
+        the tail is the rebuild from the start; views and restarts read only the tail.
+        """
+        every = self.config.snapshot_every
+        self._since_snapshot += 1
+        if every is None or self._since_snapshot < every or not self._seen_seq:
+            return
+        try:
+            save_snapshot(self.log, self.config.node, self.engine, self._seen_seq)
+        except Exception as exc:  # a snapshot is an optimisation: the log stays whole without it
+            log.error("storing a snapshot at seq %d failed: %s", self._seen_seq, exc)
+        self._since_snapshot = 0
 
     def _rebuild(self) -> None:
         """Start over from the log (versions first: a later write makes the next append retry)."""
@@ -440,37 +458,6 @@ class Agent(Starting, Observing):
             await session.bind_remote(remote)
         except TurnError as exc:
             log.error("rebinding %r to the peer's new relayed address failed: %s", session, exc)
-
-    def _publish_candidates(self) -> tuple[str, ...]:
-        """Publish this node's candidates; returns them (what a local change is judged by)."""
-        if self.proxy is not None or self.config.advertise_host or self.config.port_mapping:
-            self._own_candidates = dp.publish_candidates(self)
-            return self._own_candidates
-        candidates = list(self.config.extra_candidates)
-        if self.config.advertise_reflexive:
-            for spec in self.config.relays:
-                ip = stun_public_ip(spec.server.host, spec.server.port)
-                if ip is not None:
-                    candidates.append(f"{ip}:{self.listen_port}")
-                    break
-        unique = tuple(dict.fromkeys(candidates))
-        if unique:
-            self.rendezvous.publish_candidates(self.now(), self.me, unique)
-        self._own_candidates = unique
-        return unique
-
-    def _local_addresses_changed(self) -> None:
-        """The kernel announced an address or link change: republish, and tell the engine.
-
-        Only a change of what this node publishes is an observation: the engine then
-        re-probes every peer beside its live path (issue 13); peers learn the new
-        candidates from the rendezvous and probe back.
-        """
-        before = self._own_candidates
-        after = self._publish_candidates()
-        if after != before:
-            log.info("local addresses changed: %s -> %s", ", ".join(before) or "-", ", ".join(after) or "-")
-            self._pending.append(LocalAddressesChanged(at=self.now(), addresses=after))
 
 
 async def run_agent(

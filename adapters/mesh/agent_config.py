@@ -16,6 +16,8 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
                                      #   to a free loopback one; every packet crosses the agent
                                      # endpoint: WireGuard owns it; probes move its endpoint
     listen_port = 51820              # the public UDP port (WireGuard's in shared mode)
+    snapshot_every = 20000           # observations between two automatic snapshots (0: never):
+                                     #   status, explain and a restart read snapshot + tail
     probe_secret_env = "NATRELAY_PROBE_SECRET"   # the per-mesh secret that keys the probes
     # probe_secret_file = "/etc/natrelay/mesh.secret"
 
@@ -51,6 +53,7 @@ from typing import Any
 import attrs
 
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnServer
+from natrelay.adapters.node import DEFAULT_SNAPSHOT_EVERY
 from natrelay.adapters.policy_file import PolicyFileError, load_policy
 from natrelay.core import values as v
 from natrelay.core.policy import Policy
@@ -113,6 +116,8 @@ class AgentConfig:
     listen_port: int = 51820
     probe_secret_env: str | None = "NATRELAY_PROBE_SECRET"
     probe_secret_file: str | None = None
+    #: Observations between two automatic snapshots of the engine (None: never).
+    snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY
 
     def probe_secret(self) -> bytes:
         """The per-mesh probe secret; a `ConfigError` names where it was looked for."""
@@ -150,6 +155,7 @@ _TOP_KEYS = {
     "port_mapping",
     "data_plane",
     "listen_port",
+    "snapshot_every",
     "probe_secret_env",
     "probe_secret_file",
     "candidates",
@@ -345,7 +351,11 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
     listen_port = data.get("listen_port", 51820)
     if type(listen_port) is not int or not 1 <= listen_port <= 65535:
         raise _fail(f"{source}: listen_port", "a UDP port in 1-65535", listen_port)
+    snapshot_every = data.get("snapshot_every", DEFAULT_SNAPSHOT_EVERY)
+    if type(snapshot_every) is not int or not 0 <= snapshot_every <= 100_000_000:
+        raise _fail(f"{source}: snapshot_every", "an integer of observations (0: never)", snapshot_every)
     return AgentConfig(
+        snapshot_every=snapshot_every or None,
         advertise_host=flags["advertise_host"],
         port_mapping=flags["port_mapping"],
         data_plane=data_plane,

@@ -4,22 +4,26 @@ This module owns what ``Agent.start`` does before the loop (``adapters.mesh.obse
 runs: rebuilding the engine from the log, adding every configured peer to WireGuard in
 one transaction, writing this start into the node's own stream (``PolicySet``), waiting
 briefly for new peers' candidates, and putting the data plane back where the log says
-the engine is. It is a mixin of ``Agent`` (``adapters/mesh/agent.py``).
+the engine is; and this node's candidates, published at start and again when the kernel
+announces a local address change (``address_watch``). It is a mixin of ``Agent`` (``adapters/mesh/agent.py``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from natrelay.adapters.mesh import data_plane as dp
 from natrelay.adapters.mesh.address_watch import AddressWatch
+from natrelay.adapters.mesh.candidates import stun_public_ip
 from natrelay.adapters.mesh.rendezvous import Rendezvous
 from natrelay.adapters.mesh.wireguard import PeerConfig, WireGuard
 from natrelay.core import lifecycle as lc
 from natrelay.core.engine import Engine
 from natrelay.core.events import (
     InputRejected,
+    LocalAddressesChanged,
     PeerAdded,
     PeerRemoved,
     PolicySet,
@@ -27,6 +31,8 @@ from natrelay.core.events import (
     RelaySessionFailed,
 )
 from natrelay.eventlog import EventLog
+
+log = logging.getLogger("natrelay.adapters.mesh.agent")
 
 if TYPE_CHECKING:
     from natrelay.adapters.mesh.agent import Agent
@@ -141,3 +147,34 @@ class Starting:
             elif record.state == lc.DIRECT_CONNECTED and record.path:
                 self._set_endpoint(key, record.path)
                 self._path[key] = ("direct", record.path)
+
+    def _publish_candidates(self: Agent) -> tuple[str, ...]:
+        """Publish this node's candidates; returns them (what a local change is judged by)."""
+        if self.proxy is not None or self.config.advertise_host or self.config.port_mapping:
+            self._own_candidates = dp.publish_candidates(self)
+            return self._own_candidates
+        candidates = list(self.config.extra_candidates)
+        if self.config.advertise_reflexive:
+            for spec in self.config.relays:
+                ip = stun_public_ip(spec.server.host, spec.server.port)
+                if ip is not None:
+                    candidates.append(f"{ip}:{self.listen_port}")
+                    break
+        unique = tuple(dict.fromkeys(candidates))
+        if unique:
+            self.rendezvous.publish_candidates(self.now(), self.me, unique)
+        self._own_candidates = unique
+        return unique
+
+    def _local_addresses_changed(self: Agent) -> None:
+        """The kernel announced an address or link change: republish, and tell the engine.
+
+        Only a change of what this node publishes is an observation: the engine then
+        re-probes every peer beside its live path (issue 13); peers learn the new
+        candidates from the rendezvous and probe back.
+        """
+        before = self._own_candidates
+        after = self._publish_candidates()
+        if after != before:
+            log.info("local addresses changed: %s -> %s", ", ".join(before) or "-", ", ".join(after) or "-")
+            self._pending.append(LocalAddressesChanged(at=self.now(), addresses=after))

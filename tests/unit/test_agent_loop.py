@@ -273,3 +273,34 @@ def test_an_attempt_whose_round_ended_before_its_turn_does_not_keep_the_loop_awa
     agent.engine.next_deadline = lambda: None  # type: ignore[method-assign]
     assert agent._sleep_ms(now) == 500
     close(agent)
+
+
+def test_the_agent_snapshots_its_engine_every_few_observations_and_a_rebuild_from_one_is_whole(
+    tmp_path: Path, wggo: FakeWireGuardGo, clock: Clock
+) -> None:
+    """Issue 14: views and restarts read the newest snapshot plus the tail, so the agent must
+    take snapshots, and each must be the state at its seq. Kills an agent that never
+    snapshots, and one that stores the state under another seq (a rebuild from it then
+    folds an event twice or misses one)."""
+    import attrs
+    import orjson
+
+    from natrelay.eventlog.replay import rebuild, snapshot_name
+
+    agent = make_agent(tmp_path, wggo)
+    agent.config = attrs.evolve(agent.config, snapshot_every=3)
+    connect(agent, clock, wggo)
+    drive(agent, clock, wggo, 20, alive=False)  # silent: the path is lost, rounds follow
+    close(agent)
+    with EventLog.open(str(tmp_path / "log.sqlite"), create=False) as log:
+        observations = sum(1 for _s, _st, e in node_events(log, "a") if e.KIND == "observation")
+        newest = log.load_snapshot(snapshot_name("a"), None)
+        assert observations >= 6 and newest is not None, (observations, newest)
+        assert newest.seq > 1
+        from_snapshot, last = rebuild(log, "a")
+        from_start, last_full = rebuild(log, "a", use_snapshot=False)
+        assert last == last_full
+        assert orjson.dumps(from_snapshot.state()) == orjson.dumps(from_start.state())
+        at_snapshot, _ = rebuild(log, "a", until_seq=newest.seq, use_snapshot=False)
+        assert orjson.loads(newest.state) == orjson.loads(orjson.dumps(at_snapshot.state()))
+        assert verify(log, "a").ok
