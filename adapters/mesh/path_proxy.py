@@ -52,10 +52,10 @@ from typing import Any
 import attrs
 
 from natrelay.adapters.mesh import probes as pr
+from natrelay.adapters.mesh.probing import Addr, Probing
 
 log = logging.getLogger(__name__)
 
-Addr = tuple[str, int]
 #: WireGuard message types (first byte, little-endian u32 with three zero bytes).
 WG_INITIATION, WG_TRANSPORT = 1, 4
 #: A transport packet carrying nothing (a keepalive) is 32 bytes.
@@ -122,7 +122,7 @@ class PeerLink:
 
 
 @attrs.define(eq=False)
-class PathProxy:
+class PathProxy(Probing):
     """The agent's data plane for one WireGuard interface."""
 
     me: str
@@ -291,45 +291,8 @@ class PathProxy:
 
         return sink
 
-    def probe(self, peer: str, addr: Addr, duration: float) -> None:
-        """Ping ``addr`` from the public port every ``probe_every`` s for ``duration`` s or until answered."""
-        if peer not in self._links or self.closed:
-            return
-        key = (peer, addr)
-        until = time.monotonic() + duration
-        if key in self._probing:
-            self._probing[key] = max(self._probing[key], until)
-            return
-        self._probing[key] = until
-        self._spawn(self._probe_loop(peer, addr))
-
-    def probing(self, peer: str, addr: Addr) -> bool:
-        return (peer, addr) in self._probing
-
-    async def _probe_loop(self, peer: str, addr: Addr) -> None:
-        key = (peer, addr)
-        try:
-            while key in self._probing and time.monotonic() < self._probing[key]:
-                self._send_ping(peer, addr)
-                await asyncio.sleep(self.probe_every)
-        finally:
-            self._probing.pop(key, None)
-
-    def call(self, peer: str) -> bool:
-        """Ask the peer, through its relay session, to probe us back now."""
-        link = self._links.get(peer)
-        if link is None or link.relay is None:
-            return False
-        data = pr.encode(pr.CALL, self.me, self._keys[peer], pr.new_txid())
-        return bool(link.relay.send(data))
-
-    def _send_ping(self, peer: str, addr: Addr) -> None:
-        key = self._keys.get(peer)
-        if key is None or self._public is None:
-            return
-        txid = pr.new_txid()
-        self._pending.add(txid, peer, addr, time.monotonic())
-        self._send_public(pr.encode(pr.PING, self.me, key, txid), addr)
+    def _send_probe(self, data: bytes, addr: Addr) -> bool:
+        return self._send_public(data, addr)
 
     def _send_public(self, data: bytes, addr: Addr) -> bool:
         if self._public is None:
@@ -341,18 +304,6 @@ class PathProxy:
                 log.info("sending to %s failed: %s", fmt(addr), exc)
             return False
         return True
-
-    def _authenticated(self, data: bytes) -> pr.Probe | None:
-        try:
-            sender = pr.sender_of(data)
-            key = self._keys.get(sender)
-            if key is None:
-                raise pr.ProbeError("sender is not a peer of this node")
-            return pr.decode(data, key)
-        except (pr.ProbeError, ValueError) as exc:
-            self.rejected_probes += 1
-            log.debug("probe rejected: %s", exc)
-            return None
 
     def _public_probe(self, data: bytes, addr: Addr) -> None:
         probe = self._authenticated(data)
@@ -488,9 +439,3 @@ class PathProxy:
                 log.info("direct path of %s silent for %.1f s while active", link.peer[:8], silent)
                 if self.on_dead is not None:
                     self.on_dead(link.peer, silent)
-
-    def _spawn(self, coro: Any) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

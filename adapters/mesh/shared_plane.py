@@ -44,6 +44,7 @@ import attrs
 
 from natrelay.adapters.mesh import probes as pr
 from natrelay.adapters.mesh.path_proxy import Addr, fmt, parse_addr
+from natrelay.adapters.mesh.probing import Probing
 from natrelay.adapters.mesh.shared_socket import RawProbeSocket
 from natrelay.adapters.mesh.wg_counters import Uapi, UapiError
 from natrelay.adapters.mesh.wg_values import WireGuardError
@@ -96,7 +97,7 @@ class SharedLink:
 
 
 @attrs.define(eq=False)
-class SharedPlane:
+class SharedPlane(Probing):
     """The agent's data plane for one WireGuard interface that keeps its public port."""
 
     me: str
@@ -257,46 +258,7 @@ class SharedPlane:
 
     # ---- probing -----------------------------------------------------------------------------
 
-    def probe(self, peer: str, addr: Addr, duration: float) -> None:
-        """Ping ``addr`` from WireGuard's port every ``probe_every`` s for ``duration`` s or till answered."""
-        if peer not in self._links or self.closed:
-            return
-        key = (peer, addr)
-        until = time.monotonic() + duration
-        if key in self._probing:
-            self._probing[key] = max(self._probing[key], until)
-            return
-        self._probing[key] = until
-        self._spawn(self._probe_loop(peer, addr))
-
-    def probing(self, peer: str, addr: Addr) -> bool:
-        return (peer, addr) in self._probing
-
-    async def _probe_loop(self, peer: str, addr: Addr) -> None:
-        key = (peer, addr)
-        try:
-            while key in self._probing and time.monotonic() < self._probing[key]:
-                self._send_ping(peer, addr)
-                await asyncio.sleep(self.probe_every)
-        finally:
-            self._probing.pop(key, None)
-
-    def call(self, peer: str) -> bool:
-        """Ask the peer, through its relay session, to probe us back now."""
-        link = self._links.get(peer)
-        if link is None or link.relay is None:
-            return False
-        return bool(link.relay.send(pr.encode(pr.CALL, self.me, self._keys[peer], pr.new_txid())))
-
-    def _send_ping(self, peer: str, addr: Addr) -> None:
-        key = self._keys.get(peer)
-        if key is None:
-            return
-        txid = pr.new_txid()
-        self._pending.add(txid, peer, addr, time.monotonic())
-        self._send(pr.encode(pr.PING, self.me, key, txid), addr)
-
-    def _send(self, data: bytes, addr: Addr) -> bool:
+    def _send_probe(self, data: bytes, addr: Addr) -> bool:
         if self._raw is None:
             return False
         try:
@@ -306,18 +268,6 @@ class SharedPlane:
                 log.info("probe to %s failed: %s", fmt(addr), exc)
             return False
         return True
-
-    def _authenticated(self, data: bytes) -> pr.Probe | None:
-        try:
-            sender = pr.sender_of(data)
-            key = self._keys.get(sender)
-            if key is None:
-                raise pr.ProbeError("sender is not a peer of this node")
-            return pr.decode(data, key)
-        except (pr.ProbeError, ValueError) as exc:
-            self.rejected_probes += 1
-            log.debug("probe rejected: %s", exc)
-            return None
 
     def _read(self) -> None:
         if self._raw is None:
@@ -333,7 +283,7 @@ class SharedPlane:
         peer, now = probe.sender, time.monotonic()
         link = self._links[peer]
         if probe.kind == pr.PING:
-            self._send(pr.encode(pr.PONG, self.me, self._keys[peer], probe.txid, observed=addr), addr)
+            self._send_probe(pr.encode(pr.PONG, self.me, self._keys[peer], probe.txid, observed=addr), addr)
             if link.direct == addr:
                 link.last_rx_direct = now
                 if link.roamed is not None:
@@ -436,9 +386,3 @@ class SharedPlane:
                 log.info("direct path of %s silent for %.1f s", link.peer[:8], silent)
                 if self.on_dead is not None:
                     self.on_dead(link.peer, silent)
-
-    def _spawn(self, coro: Any) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
