@@ -68,9 +68,7 @@ def open_data_plane(agent: Agent, status: InterfaceStatus) -> None:
         secret=secret,
         public_port=public,
         wg_port=status.listen_port,
-        on_answer=lambda peer, addr, rtt, seen: _answered(agent, peer, addr, rtt, seen),
-        on_dead=lambda peer, silent: _dead(agent, peer, silent),
-        on_call=lambda peer: _called(agent, peer),
+        **_plane_callbacks(agent),
     )
     try:
         proxy.start()
@@ -81,10 +79,24 @@ def open_data_plane(agent: Agent, status: InterfaceStatus) -> None:
     agent.listen_port = public
     log.info("data plane: proxy on udp port %d, WireGuard on 127.0.0.1:%d", public, status.listen_port)
     if cfg.port_mapping:
-        from natrelay.adapters.mesh.port_mapping import PortMapper
+        _map_port(agent, public)
 
-        agent._port_mapper = PortMapper(internal_port=public, on_change=lambda: publish_candidates(agent))
-        agent._spawn(agent._port_mapper.run())
+
+def _plane_callbacks(agent: Agent) -> dict[str, Any]:
+    """What a data plane reports to the agent: probe answers, dead paths, CALLs."""
+    return {
+        "on_answer": lambda peer, addr, rtt, seen: _answered(agent, peer, addr, rtt, seen),
+        "on_dead": lambda peer, silent: _dead(agent, peer, silent),
+        "on_call": lambda peer: _called(agent, peer),
+    }
+
+
+def _map_port(agent: Agent, public: int) -> None:
+    """Ask the router for a mapping of the public port; a new mapping is republished."""
+    from natrelay.adapters.mesh.port_mapping import PortMapper
+
+    agent._port_mapper = PortMapper(internal_port=public, on_change=lambda: publish_candidates(agent))
+    agent._spawn(agent._port_mapper.run())
 
 
 def _open_shared(agent: Agent, status: InterfaceStatus) -> None:
@@ -107,9 +119,7 @@ def _open_shared(agent: Agent, status: InterfaceStatus) -> None:
         wireguard=agent.wireguard,
         uapi=Uapi(agent.interface),
         keepalive=cfg.persistent_keepalive,
-        on_answer=lambda peer, addr, rtt, seen: _answered(agent, peer, addr, rtt, seen),
-        on_dead=lambda peer, silent: _dead(agent, peer, silent),
-        on_call=lambda peer: _called(agent, peer),
+        **_plane_callbacks(agent),
     )
     try:
         plane.start()
@@ -120,10 +130,7 @@ def _open_shared(agent: Agent, status: InterfaceStatus) -> None:
     agent.listen_port = public
     log.info("data plane: shared, WireGuard on udp port %d, probes through raw sockets", public)
     if cfg.port_mapping:
-        from natrelay.adapters.mesh.port_mapping import PortMapper
-
-        agent._port_mapper = PortMapper(internal_port=public, on_change=lambda: publish_candidates(agent))
-        agent._spawn(agent._port_mapper.run())
+        _map_port(agent, public)
 
 
 def share_reading(agent: Agent, status: InterfaceStatus) -> None:
