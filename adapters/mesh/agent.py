@@ -137,6 +137,8 @@ class Agent(Starting, Observing):
     _address_watch: Any = None
     #: Observations fed since the last automatic snapshot.
     _since_snapshot: int = 0
+    #: This node's NAT as its STUN answers named it last (``NatObserved``).
+    _nat_type: str | None = None
     #: peer -> {endpoint: kind} from the rendezvous at start (for PeerAdded).
     _published_kinds: dict[str, dict[str, str]] = attrs.field(factory=dict)
 

@@ -137,16 +137,61 @@ def ordered(kinds: dict[str, CandidateKind]) -> tuple[str, ...]:
 
 def stun_public_ip(host: str, port: int, timeout: float = 1.0) -> str | None:
     """This host's public IP as a STUN server sees it (a Binding request, no credentials)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        mapped = stun_mapped(sock, host, port, timeout)
+    return mapped[0] if mapped else None
+
+
+def stun_mapped(sock: socket.socket, host: str, port: int, timeout: float = 1.0) -> tuple[str, int] | None:
+    """The address a STUN server saw ``sock``'s Binding request come from (None: no answer)."""
     from aioice import stun
 
     request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.sendto(bytes(request), (host, port))
+    sock.settimeout(timeout)
+    try:
+        sock.sendto(bytes(request), (host, port))
+        while True:
             data, _ = sock.recvfrom(2048)
             response = stun.parse_message(data)
-        except (OSError, ValueError):
-            return None
+            if response.transaction_id == request.transaction_id:
+                break
+    except (OSError, ValueError):
+        return None
     mapped = response.attributes.get("XOR-MAPPED-ADDRESS")
-    return mapped[0] if mapped else None
+    return (str(mapped[0]), int(mapped[1])) if mapped else None
+
+
+def nat_type_of(local: tuple[str, int], first: tuple[str, int] | None, second: tuple[str, int] | None) -> str:
+    """This node's NAT behaviour from one socket's mapped addresses at two STUN servers (pure).
+
+    - no answer from either: ``unknown`` (the servers may be down; UDP is not proven blocked);
+    - the servers saw the socket's own address: ``none``;
+    - two different public ports: ``symmetric`` (a mapping per destination, RFC 4787
+      endpoint-dependent mapping: a plain hole punch cannot predict it);
+    - the same public port: an endpoint-independent mapping. How it filters needs a server
+      that answers from another address (RFC 5780), which a TURN relay does not; the agent
+      assumes ``port_restricted_cone``, the strictest cone and the most common.
+    """
+    if first is None and second is None:
+        return "unknown"
+    if first is None or second is None:
+        seen = first or second
+        return "none" if seen == local else "unknown"
+    if first == local and second == local:
+        return "none"
+    return "symmetric" if first != second else "port_restricted_cone"
+
+
+def classify_nat(servers: list[tuple[str, int]]) -> str:
+    """Ask two STUN servers from one fresh socket and name this node's NAT (``nat_type_of``)."""
+    if len(servers) < 2:
+        return "unknown"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        first = stun_mapped(sock, *servers[0])
+        second = stun_mapped(sock, *servers[1])
+        port = sock.getsockname()[1]
+    seen = first or second
+    # Seen from an address of our own: no NAT in between (then the port is ours too).
+    local_ip = seen[0] if seen is not None and seen[0] in host_addresses() else ""
+    return nat_type_of((local_ip, port), first, second)

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from natrelay.adapters.mesh import data_plane as dp
 from natrelay.adapters.mesh.address_watch import AddressWatch
-from natrelay.adapters.mesh.candidates import stun_public_ip
+from natrelay.adapters.mesh.candidates import classify_nat, stun_public_ip
 from natrelay.adapters.mesh.rendezvous import Rendezvous
 from natrelay.adapters.mesh.wireguard import PeerConfig, WireGuard
 from natrelay.core import lifecycle as lc
 from natrelay.core.engine import Engine
 from natrelay.core.events import (
+    Event,
     InputRejected,
     LocalAddressesChanged,
+    NatObserved,
     PeerAdded,
     PeerRemoved,
     PolicySet,
@@ -77,6 +80,7 @@ class Starting:
             self._announce_once(spec.server.relay_id, spec.server.region, spec.server.address)
         self._resume()
         self._publish_candidates()
+        self._observe_nat(self.feed)
         self._address_watch = AddressWatch(self._local_addresses_changed)
         self._address_watch.start()
         live = {k for k, r in self.engine.peers.items() if r.state != lc.REMOVED}
@@ -178,3 +182,17 @@ class Starting:
         if after != before:
             log.info("local addresses changed: %s -> %s", ", ".join(before) or "-", ", ".join(after) or "-")
             self._pending.append(LocalAddressesChanged(at=self.now(), addresses=after))
+            self._observe_nat(self._pending.append)
+
+    def _observe_nat(self: Agent, report: Callable[[Event], None]) -> None:
+        """Name this node's NAT from two relays' STUN answers; a new verdict is an observation.
+
+        The engine needs both sides' NAT types to judge a hard pairing (issue 16); the
+        peers' come from their own agents through the log's fleet facts.
+        """
+        servers = [(spec.server.host, spec.server.port) for spec in self.config.relays[:2]]
+        nat_type = classify_nat(servers)
+        if nat_type != "unknown" and nat_type != self._nat_type:
+            log.info("this node's NAT: %s", nat_type)
+            self._nat_type = nat_type
+            report(NatObserved(at=self.now(), nat_type=nat_type))

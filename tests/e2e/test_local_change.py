@@ -66,3 +66,23 @@ def test_a_new_local_address_is_observed_at_once_and_reprobes_the_peer_without_l
     assert mesh.stop_agent("b") == 0, mesh.agent_log("b")[-2000:]
     for node in ("a", "b"):
         print(mesh.verify(node))
+
+
+def test_each_agent_names_its_own_nat_from_two_relays_stun_answers(mesh_factory) -> None:
+    """Issue 16: the engine judges a hard pairing by both sides' NAT types; the local one comes
+    from the agent. Kills an agent that reports nothing, or a cone behind --random-fully."""
+    mesh = mesh_factory("symmetric", "preserving")
+    mesh.start_agent("a")
+    mesh.start_agent("b")
+    mesh.wait_running("a")
+    mesh.wait_running("b")
+    seen = {
+        node: [e.nat_type for e in _events(mesh, node) if getattr(e, "TYPE", "") == "nat_observed"]  # type: ignore[attr-defined]
+        for node in ("a", "b")
+    }
+    print(f"NAT types observed: {seen}")
+    assert seen == {"a": ["symmetric"], "b": ["port_restricted_cone"]}
+    assert mesh.stop_agent("a") == 0
+    assert mesh.stop_agent("b") == 0
+    for node in ("a", "b"):
+        print(mesh.verify(node))

@@ -45,3 +45,19 @@ def test_published_kinds_follow_the_canonical_candidates() -> None:
     )
     assert isinstance(update, CandidatesUpdated)
     assert update.kinds == ("host", "mapped")
+
+
+def test_the_nat_is_named_from_one_sockets_mapped_addresses_at_two_stun_servers() -> None:
+    """Kills a classifier that calls a port-changing NAT a cone (the engine would then never
+    try a hard-NAT attempt), one that calls silence 'udp_blocked', and one that sees a NAT
+    where the servers saw our own address."""
+    from natrelay.adapters.mesh.candidates import nat_type_of
+
+    local = ("10.1.0.2", 40000)
+    assert nat_type_of(local, ("203.0.113.101", 61001), ("203.0.113.101", 17322)) == "symmetric"
+    assert nat_type_of(local, ("203.0.113.101", 40000), ("203.0.113.101", 40000)) == "port_restricted_cone"
+    assert nat_type_of(local, ("203.0.113.101", 5555), ("203.0.113.101", 5555)) == "port_restricted_cone"
+    assert nat_type_of(local, None, None) == "unknown"
+    assert nat_type_of(local, ("203.0.113.101", 40000), None) == "unknown"
+    assert nat_type_of(local, local, local) == "none"
+    assert nat_type_of(local, None, local) == "none"
