@@ -6,6 +6,8 @@ commit message that added it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from natrelay.core.commands import (
     CloseRelaySession,
     StartHardNatAttempt,
@@ -23,9 +25,14 @@ from natrelay.core.events import (
     PeerAdded,
     RelaySessionClosed,
     RelaySessionEstablished,
+    Tick,
+    stream_of,
 )
 from natrelay.core.hard_nat import explain_line, role_for
 from natrelay.core.policy import Policy
+from natrelay.eventlog import EventLog
+from natrelay.eventlog.replay import rebuild
+from natrelay.tools.inspect_log import explain_lines
 from tests.conftest import make_key
 from tests.unit.test_engine import Driver, decisions
 
@@ -188,3 +195,31 @@ def test_replay_and_snapshots_give_the_live_state() -> None:
     del old["hard_nat"]  # a snapshot written before issue 16
     assert Engine.from_state(old).hard_nat.open == {}
     assert decisions([]) == []
+
+
+def test_an_engine_restored_mid_attempt_ends_it_as_the_live_one_does() -> None:
+    """Kills: an open attempt lost in a snapshot (the restored engine would never end it)."""
+    live = relayed("symmetric", "port_restricted_cone")
+    live.until(2_000)
+    assert P in live.engine.hard_nat.open
+    restored = Engine.from_state(live.engine.state())
+    assert restored.next_deadline() == live.engine.next_deadline()
+    tick_live = live.feed(Tick(at=11_100))
+    tick_restored = restored.handle(Tick(at=11_100))
+    assert tick_live == tick_restored
+    assert "hard_nat_attempt_failed" in [d.TYPE for d in tick_restored.decisions]
+
+
+def test_explain_tells_the_attempt_and_why_not(tmp_path: Path) -> None:
+    """Kills: an explain that is silent about hard NATs (tried or not)."""
+    driver = relayed("symmetric", "port_restricted_cone")
+    driver.until(12_000)
+    path = tmp_path / "log.db"
+    with EventLog.open(str(path)) as log:
+        log.append([(stream_of(e, "local"), e) for e in driver.log])
+        engine, _ = rebuild(log, "local")
+        lines = explain_lines(log, "local", P, engine, full=True)
+    text = "\n".join(lines)
+    assert "hard-NAT attempt 1 as the hard side" in text and "symmetric" in text
+    assert "hard-NAT attempt 1 failed — no pair met within 10000 ms" in text
+    assert "hard NAT: no attempt — the next attempt is due at 71100 ms" in lines[-1]
