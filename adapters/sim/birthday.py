@@ -58,10 +58,20 @@ class _Mapping:
 class TimedNat:
     """A NAT with live, expiring mappings (inside port, destination) -> public port."""
 
-    __slots__ = ("behaviour", "by_port", "last_port", "mappings", "public_ip", "rng", "rules")
+    __slots__ = ("behaviour", "by_port", "known_port", "last_port", "mappings", "public_ip", "rng", "rules")
 
-    def __init__(self, behaviour: NatBehaviour, public_ip: str, rules: PortRules, rng: random.Random) -> None:
+    def __init__(
+        self,
+        behaviour: NatBehaviour,
+        public_ip: str,
+        rules: PortRules,
+        rng: random.Random,
+        known_port: int | None = None,
+    ) -> None:
         self.behaviour, self.public_ip, self.rules, self.rng = behaviour, public_ip, rules, rng
+        #: The public port of WireGuard's first mapping (the reflexive port the peer was told),
+        #: so the replay agrees with the endpoints the engine knows; None: the NAT picks it.
+        self.known_port = known_port
         #: (inside port, destination, or None when the mapping ignores it) -> public port.
         self.mappings: dict[tuple[int, Addr | None], int] = {}
         self.by_port: dict[int, _Mapping] = {}
@@ -95,7 +105,7 @@ class TimedNat:
         if behaviour.udp_blocked:
             return None
         if behaviour.mapping == "none":
-            port = inside
+            port = self.known_port if inside == WG_PORT and self.known_port is not None else inside
             if not self._alive(port, now):
                 self.by_port[port] = _Mapping(inside, (inside, None), now)
         else:
@@ -108,7 +118,10 @@ class TimedNat:
                         self._alive(old, now)
                     if len(self.by_port) >= limit:
                         return None  # the table is full: the packet is dropped
-                mapped = self._new_port()
+                if inside == WG_PORT and self.known_port is not None and not self.by_port:
+                    mapped = self.last_port = self.known_port
+                else:
+                    mapped = self._new_port()
                 self.mappings[key] = mapped
                 self.by_port[mapped] = _Mapping(inside, key, now)
             port = mapped

@@ -42,7 +42,7 @@ class HardNatSim:
         rng = random.Random(f"{self.seed}/hard-nat/{peer.index}/{command.attempt}")  # type: ignore[attr-defined]
         rules: PortRules = self.scenario.ports  # type: ignore[attr-defined]
         ours = TimedNat(self.local, LOCAL_IP, rules, rng)  # type: ignore[attr-defined]
-        theirs = TimedNat(peer.nat, peer.public_ip, rules, rng)
+        theirs = TimedNat(peer.nat, peer.public_ip, rules, rng, known_port=peer.port)
         outcome = run_attempt(
             ours,
             theirs,

@@ -22,7 +22,7 @@ from natrelay.adapters.sim.metrics import RunMetrics
 from natrelay.adapters.sim.nat_model import NAT_TYPES, hard_pairing
 from natrelay.adapters.sim.run import run_policy
 from natrelay.adapters.sim.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
-from natrelay.core.events import HardNatAttemptFailed, HardNatAttemptStarted
+from natrelay.core.events import HardNatAttemptFailed, HardNatAttemptStarted, HardNatAttemptSucceeded
 from natrelay.core.presets import preset
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import node_events, verify
@@ -185,3 +185,24 @@ def test_the_nat_table_of_a_scenario_is_read_and_checked() -> None:
     assert (ports.allocation, ports.delta, ports.mapping_limit) == ("sequential", 2, 500)
     with pytest.raises(ScenarioError, match=r"x\.toml: key 'nat\.symmetric_ports'"):
         parse_scenario({"nat": {"symmetric_ports": "cone"}}, "x.toml")
+
+
+def test_the_pair_found_is_at_the_endpoints_the_engine_knows(tmp_path: Path) -> None:
+    """Kills a replay whose NATs disagree with the simulator's endpoints: the hard side meets the
+    easy side at the very endpoint it aimed at (its reflexive one, a firewall's own port), the
+    easy side meets the hard side's address on some other port."""
+    for local, remote in (("symmetric", "firewall"), ("port_restricted_cone", "symmetric")):
+        log = tmp_path / f"{local}.db"
+        run_policy(_scenario(local, remote, 10), HARDNAT, seed=3, log=str(log))
+        with EventLog.open(str(log)) as opened:
+            events = [e for _, _, e in node_events(opened, "local", 1, None)]
+        aimed = {(e.peer, e.attempt): e.endpoint for e in events if isinstance(e, HardNatAttemptStarted)}
+        found = [
+            (aimed[(e.peer, e.attempt)], e.endpoint) for e in events if isinstance(e, HardNatAttemptSucceeded)
+        ]
+        assert found
+        for target, endpoint in found:
+            if local == "symmetric":
+                assert endpoint == target
+            else:
+                assert endpoint.rpartition(":")[0] == target.rpartition(":")[0] and endpoint != target

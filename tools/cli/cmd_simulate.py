@@ -256,7 +256,7 @@ def register(app: typer.Typer) -> None:
         if hard_nat and compare:
             chosen.append(attrs.evolve(preset("natrelay"), hard_nat_enabled=True, name="natrelay-hardnat"))
         elif hard_nat:
-            chosen = [attrs.evolve(chosen[0], hard_nat_enabled=True)]
+            chosen = [attrs.evolve(chosen[0], hard_nat_enabled=True, name=f"{chosen[0].name}-hardnat")]
         loaded = _load(scenario, "matrix" if compare else "mesh", peers, duration)
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = None
