@@ -22,6 +22,7 @@ from .events import (
     DirectAttemptTimedOut,
     Event,
     HandshakeObserved,
+    HardNatPairMet,
     PathSilent,
     PeerRemoved,
     RelayAnnounced,
@@ -111,6 +112,19 @@ def check_closed(state: State, event: RelaySessionClosed) -> str | None:
     return None
 
 
+def check_pair_met(state: State, event: HardNatPairMet) -> str | None:
+    """A hard-NAT meeting applies only to the open attempt of a relayed peer (issue 16)."""
+    record = state._live(event.peer)
+    if record is None:
+        return f"peer {event.peer} is not in the mesh"
+    tried = state.hard_nat.open.get(event.peer)
+    if tried is None or tried.attempt != event.attempt:
+        return f"no hard-NAT attempt {event.attempt} is open: late or duplicate"
+    if record.state != lc.RELAY_CONNECTED:
+        return f"the peer is {record.state}, not relayed"
+    return None
+
+
 #: The check of each observation type that has one (the others always apply).
 CHECKS: dict[type, Callable[[State, Any], str | None]] = {
     PeerRemoved: not_in_mesh,
@@ -124,4 +138,5 @@ CHECKS: dict[type, Callable[[State, Any], str | None]] = {
     RelaySessionFailed: check_failed,
     RelaySessionClosed: check_closed,
     PathSilent: check_silent,
+    HardNatPairMet: check_pair_met,
 }

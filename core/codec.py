@@ -124,6 +124,7 @@ _TYPE_CHECKS: dict[str, str] = {
     "str | None": "v is None or type(v) is str",
     "float": "type(v) is float or type(v) is int",
     "Purpose": "type(v) is str",
+    "HardNatRole": "type(v) is str",
     "PeerAccess": "type(v) is str",
     "Literal['direct', 'relay']": "type(v) is str",
     # JSON gives exact types: isinstance(i, str) is type(i) is str, mapped in C

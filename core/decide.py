@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import hard_nat
 from . import lifecycle as lc
 from .checks import rejection
 from .commands import CloseRelaySession, Command, ForgetPeer, SwitchPath
@@ -31,6 +32,7 @@ from .events import (
     DirectPathSelected,
     Event,
     HandshakeObserved,
+    HardNatPairMet,
     LocalAddressesChanged,
     ObservationRejected,
     PathLost,
@@ -308,6 +310,12 @@ def react_step(engine: Engine, event: StepRequested) -> None:
         advance(engine, record)
 
 
+def react_hard_nat_met(engine: Engine, event: HardNatPairMet) -> None:
+    """A birthday punch met: record the success; the upgrade follows as for any direct answer."""
+    hard_nat.succeed(engine, event)
+    advance(engine, engine.peers[event.peer])
+
+
 def _record_key(record: PeerRecord) -> str:
     return record.key
 
@@ -329,4 +337,5 @@ REACTIONS: dict[type, Callable[[Engine, Any], None]] = {
     StepRequested: react_step,
     PolicySet: react_policy,
     LocalAddressesChanged: react_local_addresses,
+    HardNatPairMet: react_hard_nat_met,
 }

@@ -43,6 +43,7 @@ from .checks import MAX_ANNOUNCEMENT_LIFETIME_MS
 from .commands import Command
 from .direct_cache import DirectCache
 from .events import Event
+from .hard_nat_book import HardNatBook
 from .peers import PeerRecord
 from .policy import Policy
 from .reaction import Reaction, emit
@@ -114,6 +115,7 @@ class Engine(State):
             "direct_cache": self.direct_cache.to_state(),
             "relay_cache": self.relay_cache.to_state(),
             "registry": self.registry.to_state(),
+            "hard_nat": self.hard_nat.to_state(),
         }
 
     @classmethod
@@ -128,6 +130,7 @@ class Engine(State):
         engine.direct_cache = DirectCache.from_state(state["direct_cache"])
         engine.relay_cache = RelayCache.from_state(state["relay_cache"])
         engine.registry = RelayRegistry.from_state(state["registry"])
+        engine.hard_nat = HardNatBook.from_state(state.get("hard_nat"))
         for record in engine.peers.values():
             for relay in evolve.holds(record):
                 engine.relay_held[relay] = engine.relay_held.get(relay, 0) + 1

@@ -19,42 +19,18 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from . import values as v
+from .event_fields import CANDIDATE_KINDS as CANDIDATE_KINDS
+from .event_fields import HARD_NAT_ROLES, NAT_TYPES
+from .event_fields import kinds as _kinds
 from .policy import PeerAccess, Policy
 
 Kind = Literal["observation", "decision"]
 Purpose = Literal["connect", "upgrade_probe"]
-
-
-#: NAT behaviours in RFC 4787 terms, as an agent's STUN tests classify them.
-NAT_TYPES = (
-    "unknown",
-    "none",
-    "full_cone",
-    "restricted_cone",
-    "port_restricted_cone",
-    "symmetric",
-    "firewall",
-    "udp_blocked",
-)
+HardNatRole = Literal["hard", "easy", "both"]
 
 
 def _tuple(value: object) -> Any:
     return tuple(value) if isinstance(value, list) else value
-
-
-#: How a node learned it may be reached at a candidate endpoint ("" when not known).
-CANDIDATE_KINDS = ("", "host", "mapped", "reflexive", "configured")
-
-
-def _kinds(instance: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: empty, or one kind per candidate, in the candidates' order."""
-    if not isinstance(value, tuple):
-        raise v.InvalidValue(f"kinds={value!r}: expected a list of candidate kinds")
-    if value and len(value) != len(instance.candidates):
-        raise v.InvalidValue(f"kinds: {len(value)} kinds for {len(instance.candidates)} candidates")
-    for kind in value:
-        if kind not in CANDIDATE_KINDS:
-            raise v.InvalidValue(f"kinds: {kind!r} is not one of {', '.join(CANDIDATE_KINDS[1:])}")
 
 
 def _policy(value: object) -> Any:
@@ -165,6 +141,17 @@ class PathSilent(PeerEvent):
     silent_ms: int = attrs.field(validator=v.positive_int)
 
 
+@attrs.frozen(kw_only=True)
+class HardNatPairMet(PeerEvent):
+    """Hard-NAT attempt `attempt`'s authenticated probes met both ways at `endpoint` (our `local_port`)."""
+
+    TYPE = "hard_nat_pair_met"
+    attempt: int = attrs.field(validator=v.positive_int)
+    endpoint: str = attrs.field(validator=v.endpoint)
+    local_port: int = attrs.field(validator=v.non_negative_int)
+    probes_sent: int = attrs.field(validator=v.non_negative_int)
+
+
 # --- observations: relays ----------------------------------------------------
 
 
@@ -237,12 +224,10 @@ class RelaySessionClosed(PeerEvent):
 class InputRejected(Event):
     """Outside input (a config entry, a rendezvous record, a relay announcement) was refused.
 
-    The shell records what it could not even turn into an observation: an
-    invalid public key, a bad endpoint, too many candidates. `subject` is the
-    offending value as received (shortened), `reason` says what is wrong. The
-    engine answers it with no decision and no state change: it is a fact for
-    `timeline`, `replay --check` and the operator, and a replay re-decides it
-    to nothing, so `verify` is unaffected. It lives in the node's stream.
+    What the shell could not turn into an observation (an invalid key, a bad endpoint, too
+    many candidates): `subject` as received (shortened), `reason` what is wrong. No decision
+    and no state change follow (a fact for `timeline`, `replay --check` and the operator;
+    `verify` is unaffected). It lives in the node's stream.
     """
 
     TYPE = "input_rejected"
@@ -291,8 +276,7 @@ class Tick(Event):
 class StepRequested(Event):
     """The embedding agent asked for one direct round for every remaining peer now.
 
-    This is the seed's `step_with_relay()`: a round for each peer not yet
-    connected, then relays for those past the threshold.
+    The seed's `step_with_relay()`: a round for each peer not yet connected, then relays.
     """
 
     TYPE = "step_requested"
@@ -415,6 +399,40 @@ class PathLost(Decision):
 
 
 @attrs.frozen(kw_only=True)
+class HardNatAttemptStarted(Decision):
+    """A birthday punch toward `endpoint`: hard side's `sockets`, easy side's `probes` (docs/hard-nat.md)."""
+
+    TYPE = "hard_nat_attempt_started"
+    attempt: int = attrs.field(validator=v.positive_int)
+    role: HardNatRole = attrs.field(validator=v.one_of(*HARD_NAT_ROLES))
+    endpoint: str = attrs.field(validator=v.endpoint)
+    sockets: int = attrs.field(validator=v.non_negative_int)
+    probes: int = attrs.field(validator=v.non_negative_int)
+    rate_per_s: int = attrs.field(validator=v.positive_int)
+    deadline: int = attrs.field(validator=v.time_ms)
+
+
+@attrs.frozen(kw_only=True)
+class HardNatAttemptSucceeded(Decision):
+    """Attempt `attempt` found a direct path at `endpoint` (our `local_port`); the upgrade follows."""
+
+    TYPE = "hard_nat_attempt_succeeded"
+    attempt: int = attrs.field(validator=v.positive_int)
+    endpoint: str = attrs.field(validator=v.endpoint)
+    local_port: int = attrs.field(validator=v.non_negative_int)
+    probes_sent: int = attrs.field(validator=v.non_negative_int)
+
+
+@attrs.frozen(kw_only=True)
+class HardNatAttemptFailed(Decision):
+    """Attempt `attempt` ended unmet; the next may start at `retry_at` (None: after new addresses)."""
+
+    TYPE = "hard_nat_attempt_failed"
+    attempt: int = attrs.field(validator=v.positive_int)
+    retry_at: int | None = attrs.field(default=None, validator=attrs.validators.optional(v.time_ms))
+
+
+@attrs.frozen(kw_only=True)
 class ObservationRejected(Event):
     """An observation the engine could not apply (unknown peer, late, contradictory)."""
 
@@ -447,6 +465,7 @@ OBSERVATIONS: tuple[type[Event], ...] = (
     Tick,
     StepRequested,
     InputRejected,
+    HardNatPairMet,
 )
 DECISIONS: tuple[type[Event], ...] = (
     DirectAttemptStarted,
@@ -460,6 +479,9 @@ DECISIONS: tuple[type[Event], ...] = (
     PathUpgraded,
     PathLost,
     ObservationRejected,
+    HardNatAttemptStarted,
+    HardNatAttemptSucceeded,
+    HardNatAttemptFailed,
 )
 EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in OBSERVATIONS + DECISIONS}
 

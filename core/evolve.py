@@ -32,6 +32,9 @@ from .events import (
     DirectRoundFailed,
     Event,
     HandshakeObserved,
+    HardNatAttemptFailed,
+    HardNatAttemptStarted,
+    HardNatAttemptSucceeded,
     LocalAddressesChanged,
     NatObserved,
     PathLost,
@@ -103,7 +106,13 @@ def plan(state: State, kind: type) -> Fold:
     which folds many events in one loop."""
     steps: list[Callable[[Any], None]] = [
         projection.handler(kind) if isinstance(projection, AttemptCounts) else projection.apply
-        for projection in (state.attempts, state.direct_cache, state.relay_cache, state.registry)
+        for projection in (
+            state.attempts,
+            state.direct_cache,
+            state.relay_cache,
+            state.registry,
+            state.hard_nat,
+        )
         if kind in projection.HANDLES
     ]
     fold = FOLDS.get(kind)
@@ -368,6 +377,17 @@ def fold_path_lost(state: State, event: PathLost) -> None:
     record.next_round_at = event.at
 
 
+def fold_hard_nat(state: State, event: Event) -> None:
+    """A hard-NAT decision moves no lifecycle state (the transition checks it is allowed);
+    a success counts as a direct handshake seen, which the upgrade needs (issue 16)."""
+    record = state.peers[event.peer]  # type: ignore[attr-defined]
+    transition(record, event)
+    if type(event) is HardNatAttemptSucceeded and (
+        record.direct_seen_at is None or event.at >= record.direct_seen_at
+    ):
+        record.direct_seen, record.direct_seen_at = event.endpoint, event.at
+
+
 #: The peer-record fold of each event type that has one (projections fold their own HANDLES).
 FOLDS: dict[type, Callable[[State, Any], None]] = {
     PeerAdded: fold_peer_added,
@@ -388,4 +408,7 @@ FOLDS: dict[type, Callable[[State, Any], None]] = {
     DirectPathSelected: fold_direct_path,
     PathUpgraded: fold_direct_path,
     PathLost: fold_path_lost,
+    HardNatAttemptStarted: fold_hard_nat,
+    HardNatAttemptSucceeded: fold_hard_nat,
+    HardNatAttemptFailed: fold_hard_nat,
 }

@@ -55,6 +55,9 @@ TRIGGER_OF_EVENT: Final = {
     "path_lost": "lose_path",
     "peer_removed": "remove",
     "peer_added": "add",
+    "hard_nat_attempt_started": "start_hard_nat",
+    "hard_nat_attempt_succeeded": "meet_hard_nat",
+    "hard_nat_attempt_failed": "end_hard_nat",
 }
 
 #: Each row: trigger, source state(s), destination (None: stay, an internal transition).
@@ -92,6 +95,11 @@ TRANSITIONS: Final[tuple[dict[str, Any], ...]] = (
     {"trigger": "lose_path", "source": DIRECT_CONNECTED, "dest": PENDING},
     {"trigger": "lose_path", "source": RELAY_CONNECTED, "dest": RELAY_ELIGIBLE},
     {"trigger": "remove", "source": list(LIVE_STATES), "dest": REMOVED},
+    # a hard-NAT attempt runs beside the relay and moves no state (issue 16); it may end in any
+    # live state (the relay was lost, or a plain probe found the path meanwhile)
+    {"trigger": "start_hard_nat", "source": RELAY_CONNECTED, "dest": None},
+    {"trigger": "meet_hard_nat", "source": RELAY_CONNECTED, "dest": None},
+    {"trigger": "end_hard_nat", "source": list(LIVE_STATES), "dest": None},
     {"trigger": "add", "source": REMOVED, "dest": PENDING},
 )
 

@@ -31,6 +31,19 @@ def _to_float(value: object) -> Any:
     return float(value) if type(value) is int else value
 
 
+def _keys(value: object) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _key_list(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, tuple):
+        raise v.InvalidValue(f"{attribute.name}={value!r}: expected a list of public keys")
+    for key in value:
+        problem = v.public_key_problem(key)
+        if problem is not None:
+            raise v.InvalidValue(f"{attribute.name}: {problem}")
+
+
 @attrs.frozen(kw_only=True)
 class RelayWeights:
     """Weights of the relay score; formnet's defaults.
@@ -111,6 +124,25 @@ class Policy:
     #: bound, refreshed) this long, so that a direct path dying soon after falls back to
     #: the relay at once; 0 closes it at the upgrade. The engine does not use it.
     relay_keep_warm_ms: int = attrs.field(default=120_000, validator=v.non_negative_int)
+    #: Hard NATs (issue 16, docs/hard-nat.md): a relayed peer whose direct rounds failed and
+    #: whose NAT pairing makes a plain punch hopeless (symmetric against port-restricted,
+    #: firewall or symmetric) gets a birthday punch. Off unless the data plane carries it out.
+    hard_nat_enabled: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    #: Peers (public keys) never given a hard-NAT attempt.
+    hard_nat_off_peers: tuple[str, ...] = attrs.field(default=(), converter=_keys, validator=_key_list)
+    #: The budget of one attempt: sockets the hard side opens, probes the easy side sends...
+    hard_nat_sockets: int = attrs.field(default=256, validator=v.positive_int)
+    hard_nat_probes: int = attrs.field(default=1024, validator=v.positive_int)
+    #: ...at most this many probes per second (so it never looks like a port scan)...
+    hard_nat_probe_rate: int = attrs.field(default=128, validator=v.positive_int)
+    #: ...and the attempt ends without a meeting after this long.
+    hard_nat_timeout_ms: int = attrs.field(default=10_000, validator=v.positive_int)
+    #: After a failed attempt the next waits this long, times backoff per failure, capped;
+    #: at most `hard_nat_max_attempts` per peer until this node's addresses change (0: no limit).
+    hard_nat_retry_ms: int = attrs.field(default=60_000, validator=v.positive_int)
+    hard_nat_retry_backoff: float = attrs.field(default=4.0, converter=_to_float, validator=_factor)
+    hard_nat_retry_cap_ms: int = attrs.field(default=3_600_000, validator=v.positive_int)
+    hard_nat_max_attempts: int = attrs.field(default=4, validator=v.non_negative_int)
     weights: RelayWeights = attrs.field(factory=RelayWeights, converter=_weights)
     #: Relays above this load (percent) are never chosen; a relay at exactly this load may be.
     max_relay_load: int = attrs.field(default=80, validator=v.non_negative_int)
@@ -138,6 +170,11 @@ class Policy:
             return self.upgrade_probe_cap_ms
         gap = self.upgrade_probe_interval_ms * self.upgrade_probe_backoff ** min(probes_done, 64)
         return max(1, int(min(float(self.upgrade_probe_cap_ms), gap)))
+
+    def hard_nat_gap_ms(self, failures: int) -> int:
+        """Gap before the next hard-NAT attempt after `failures` failed ones (>= 1)."""
+        gap = self.hard_nat_retry_ms * self.hard_nat_retry_backoff ** min(max(failures - 1, 0), 64)
+        return max(1, int(min(float(self.hard_nat_retry_cap_ms), gap)))
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 
 from . import lifecycle as lc
+from .hard_nat import wake_times as hard_nat_wake_times
 from .peers import PeerRecord
 from .state import State
 
@@ -76,6 +77,7 @@ def wake_time(state: State, record: PeerRecord, *, overdue_ok: bool = False) -> 
         ready = upgrade_ready_at(state, record)
         if ready is not None:
             times.append(ready)
+    times += hard_nat_wake_times(state, record)
     return max(min(times), state.now + (0 if overdue_ok else 1)) if times else None
 
 

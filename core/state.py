@@ -26,6 +26,7 @@ from . import lifecycle as lc
 from .attempts import AttemptCounts
 from .direct_cache import DirectCache
 from .events import RelayScore
+from .hard_nat_book import HardNatBook
 from .peers import PeerRecord
 from .policy import Policy
 from .relay_cache import RelayCache
@@ -51,6 +52,8 @@ class State:
         self.direct_cache = DirectCache(self.policy.direct_cache_size, self.policy.direct_cache_max_age_ms)
         self.relay_cache = RelayCache()
         self.registry = RelayRegistry()
+        #: Hard-NAT attempts per peer (issue 16).
+        self.hard_nat = HardNatBook()
         #: Not state: the timer heap of (wake time, peer), kept by `schedule`.
         self._timers: list[tuple[int, str]] = []
         #: Not state: which folds handle each event type, computed once per type by `evolve`.
@@ -140,3 +143,6 @@ def _is_public(endpoint: str) -> bool:
     """False for private, loopback and link-local endpoints (sorts them first)."""
     host = endpoint[1:].partition("]")[0] if endpoint.startswith("[") else endpoint.rpartition(":")[0]
     return not ipaddress.ip_address(host).is_private
+
+
+is_public = _is_public

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import hard_nat
 from . import lifecycle as lc
 from .commands import CloseRelaySession, Command, ConnectViaRelay, SwitchPath, TryDirectEndpoint
 from .events import (
@@ -78,6 +79,8 @@ def step(engine: Engine, record: PeerRecord) -> bool:
                 reason=f"no handshake from {tried} within {waited} ms",
             ),
         )
+        return True
+    if hard_nat.maybe_end(engine, record):
         return True
     if state == lc.PENDING:
         return step_pending(engine, record)
@@ -185,7 +188,7 @@ def step_relayed(engine: Engine, record: PeerRecord, round_: Any) -> bool:
     ):
         start_round(engine, record, "upgrade_probe", "probing for a direct path while relayed")
         return True
-    return engine._maybe_upgrade(record)
+    return engine._maybe_upgrade(record) or hard_nat.maybe_start(engine, record)
 
 
 def maybe_round(engine: Engine, record: PeerRecord, round_: Any) -> bool:

@@ -23,6 +23,9 @@ from natrelay.core.events import (
     DirectRoundFailed,
     Event,
     HandshakeObserved,
+    HardNatAttemptFailed,
+    HardNatAttemptStarted,
+    HardNatAttemptSucceeded,
     ObservationRejected,
     PathLost,
     PathUpgraded,
@@ -37,6 +40,7 @@ from natrelay.core.events import (
     RelaySessionFailed,
     RelayUnavailable,
 )
+from natrelay.core.hard_nat import explain_line
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import nodes_in
 
@@ -278,6 +282,11 @@ def _sentence(event: Event, kinds: dict[str, str] | None = None) -> str | None:
         return f"{at}: relay session {event.session} via {event.relay} closed {event.reason}".rstrip()
     if isinstance(event, ObservationRejected):
         return f"{at}: ignored a {event.observation} — {event.reason}"
+    if isinstance(event, HardNatAttemptStarted):
+        return f"{at}: hard-NAT attempt {event.attempt} as the {event.role} side — {event.reason}"
+    if isinstance(event, HardNatAttemptSucceeded | HardNatAttemptFailed):
+        outcome = "met" if isinstance(event, HardNatAttemptSucceeded) else "failed"
+        return f"{at}: hard-NAT attempt {event.attempt} {outcome} — {event.reason}"
     if isinstance(event, HandshakeObserved):
         return None  # renewals would drown the story; `timeline` shows them
     return None
@@ -290,7 +299,9 @@ def _present(engine: Engine, peer: str, record: Any) -> str:
         return f"now: direct at {record.path} since {since}"
     if state == lc.RELAY_CONNECTED:
         probe = seconds(record.next_probe_at) if record.next_probe_at is not None else "-"
-        return f"now: relayed through {record.path} since {since}; next direct probe at {probe}"
+        hard = explain_line(engine, record)
+        more = f"\n{hard}" if hard else ""
+        return f"now: relayed through {record.path} since {since}; next direct probe at {probe}{more}"
     if state == lc.REMOVED:
         return f"now: removed since {since}"
     attempts = engine.attempts.attempts(peer)

@@ -74,6 +74,7 @@ def _known_validators() -> dict[Any, Schema]:
         v.text: {"type": "string", "maxLength": 1000},
         policy_module._non_negative_number: {"type": "number", "minimum": 0},
         policy_module._factor: {"type": "number", "minimum": 1},
+        policy_module._key_list: {"type": "array", "items": _KEY},
         # one kind per candidate, or none at all ("" where a kind is not known)
         events_module._kinds: {"type": "array", "items": {"enum": list(events_module.CANDIDATE_KINDS)}},
     }

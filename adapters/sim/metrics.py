@@ -23,7 +23,15 @@ Owns the definitions (docs/policies.md repeats them for readers):
   work while some path existed, over the time some path existed (a dead path
   not yet noticed, or a probe that moved WireGuard off the live path);
 - over_capacity_events: connects that reached a relay with no room (the relay
-  refused them "at capacity").
+  refused them "at capacity");
+- hard NATs (issue 16; docs/hard-nat.md): hard_pairs, the peers whose pairing with
+  the local NAT defeats a plain punch but not UDP (symmetric against a
+  port-restricted cone, a firewall or a symmetric NAT); hard_direct_share, the
+  share of them on a working direct path at some time after a hard-NAT attempt
+  (0 for a policy that makes none); hard_met_10s_share, the share of attempts whose pair met within 10 s
+  of the attempt's start; probes_per_success, easy-side probes of all attempts
+  per meeting; hard_ttd p50/p95, from a peer's first attempt to its first direct
+  path (never: infinite). The oracle makes no attempt (NaN: no data).
 A metric with nothing to measure (no peer present, no network change) is NaN:
 "no data", never 0. In JSON (`to_json`) an infinite value is the string "inf"
 and a missing one `null`.
@@ -91,6 +99,13 @@ class RunMetrics:
     over_capacity_events: int
     events_appended: int
     wall_s: float
+    hard_pairs: int = 0
+    hard_direct_share: float = math.nan
+    hard_attempts: int = 0
+    hard_met_10s_share: float = math.nan
+    probes_per_success: float = math.nan
+    hard_ttd_p50_s: float = math.nan
+    hard_ttd_p95_s: float = math.nan
     #: Not in the table: per-peer time to first path (s), and relay sessions over time.
     ttfp_samples: tuple[float, ...] = attrs.field(default=(), repr=False)
     relay_series: tuple[tuple[int, int], ...] = attrs.field(default=(), repr=False)
@@ -140,6 +155,14 @@ def compute(
     peer_hours = sum(a.present_ms for a in accounts) / 3_600_000
     recoveries = [ms / 1000 for a in accounts for ms in a.recoveries]
     series = relay_series(load_changes)
+    hard = [a for a in accounts if a.hard_pair]
+    tried = [a for a in hard if a.hard_first_start is not None]
+    ttd = [
+        (a.hard_direct_at - a.hard_first_start) / 1000 if a.hard_direct_at is not None else INF
+        for a in tried
+        if a.hard_first_start is not None
+    ]
+    attempts = sum(a.hard_attempts for a in accounts)
     return RunMetrics(
         name=name,
         peers=len(accounts),
@@ -163,6 +186,13 @@ def compute(
         recoveries=len(recoveries),
         blackout_share=_share(sum(a.blackout_ms for a in accounts), sum(a.possible_ms for a in accounts)),
         over_capacity_events=over_capacity,
+        hard_pairs=len(hard),
+        hard_direct_share=_share(sum(a.hard_direct_at is not None for a in hard), len(hard)),
+        hard_attempts=attempts,
+        hard_met_10s_share=_share(sum(a.hard_met_10s for a in accounts), attempts),
+        probes_per_success=_share(sum(a.hard_probes for a in accounts), sum(a.hard_met for a in accounts)),
+        hard_ttd_p50_s=percentile(ttd, 0.50),
+        hard_ttd_p95_s=percentile(ttd, 0.95),
         events_appended=events_appended,
         wall_s=wall_s,
         ttfp_samples=tuple(ttfp),
@@ -173,7 +203,12 @@ def compute(
 #: Metrics where more is better; every other number in the table is better lower.
 HIGHER_IS_BETTER = frozenset({"connectivity", "connectivity_possible", "connected_time_share"})
 #: Not outcomes (sizes, costs of the run itself): never compared between policies.
-NOT_COMPARED = frozenset({"name", "peers", "recoveries", "events_appended", "wall_s"})
+NOT_COMPARED = frozenset(
+    {"name", "peers", "recoveries", "events_appended", "wall_s"}
+    # hard-NAT attempts (issue 16): the oracle knows only what a plain punch opens
+    | {"hard_pairs", "hard_direct_share", "hard_attempts", "hard_met_10s_share", "probes_per_success"}
+    | {"hard_ttd_p50_s", "hard_ttd_p95_s"}
+)
 
 
 def comparable(metrics: RunMetrics) -> dict[str, float]:

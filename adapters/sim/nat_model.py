@@ -155,6 +155,16 @@ def punch(local: NatBehaviour, remote: NatBehaviour, target: Target = "reflexive
     return PunchResult(True, "reflexive" if to_b == reflexive_b else "dedicated")
 
 
+@cache
+def hard_pairing(local: NatBehaviour, remote: NatBehaviour) -> bool:
+    """A pair a plain punch cannot open but a birthday punch may (issue 16): UDP passes
+    both ways, one side maps per destination (symmetric), and the punch fails."""
+    if local.udp_blocked or remote.udp_blocked:
+        return False
+    symmetric = "endpoint_dependent" in (local.mapping, remote.mapping)
+    return symmetric and not punch(local, remote).works
+
+
 def hairpin_works(shared: NatBehaviour) -> bool:
     """Two hosts behind the same NAT reach each other's reflexive endpoint only by hairpinning."""
     return shared.hairpinning and not shared.udp_blocked and shared.mapping != "endpoint_dependent"

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from natrelay.adapters.sim.birthday import PortRules
 from natrelay.adapters.sim.nat_model import NAT_TYPES
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -110,6 +111,9 @@ class Scenario:
     dynamics: Dynamics = Dynamics()
     peer_list: tuple[PeerSpec, ...] = ()
     events: tuple[EventSpec, ...] = ()
+    #: How symmetric NATs pick ports, and every NAT's mapping limit and timeout (`[nat]`):
+    #: what a hard-NAT (birthday) attempt meets (issue 16).
+    ports: PortRules = attrs.field(factory=PortRules)
     source: str = "<built-in>"
 
     def with_overrides(self, *, peers: int | None = None, duration_ms: int | None = None) -> Scenario:
@@ -343,6 +347,19 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
         if peer_list[-1].name in {peer.name for peer in peer_list[:-1]}:
             raise item.fail("name", f"duplicate peer name {peer_list[-1].name!r}")
         item.done()
+    nat_table = top.sub("nat")
+    ports = PortRules(
+        allocation=nat_table.get(
+            "symmetric_ports",
+            "random",
+            lambda value: value if value in ("random", "sequential") else int("x"),
+            '"random" or "sequential"',
+        ),
+        delta=nat_table.get("port_delta", 1, _positive_int, "a whole number >= 1"),
+        mapping_limit=nat_table.get("mapping_limit", 0, _int, "a whole number of mappings (0: no limit)"),
+        mapping_timeout_ms=nat_table.get("mapping_timeout_s", 120_000, _ms, "seconds"),
+    )
+    nat_table.done()
     names = {peer.name for peer in peer_list}
     events = []
     for item in top.items("event"):
@@ -380,6 +397,7 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
         dynamics=dynamics,
         peer_list=tuple(peer_list),
         events=tuple(events),
+        ports=ports,
         source=source,
     )
 

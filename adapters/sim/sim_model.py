@@ -67,6 +67,14 @@ class Account:
         "first_direct_possible_at",
         "first_join_at",
         "first_path_at",
+        "hard_attempts",
+        "hard_direct_at",
+        "hard_first_start",
+        "hard_last_start",
+        "hard_met",
+        "hard_met_10s",
+        "hard_pair",
+        "hard_probes",
         "last_t",
         "last_working",
         "on_plane",
@@ -104,6 +112,13 @@ class Account:
         self.recovery_ms = 0
         #: Finished recoveries, ms of possible time each; math.inf: never recovered.
         self.recoveries: list[float] = []
+        #: Hard NATs (issue 16): the pairing defeats a plain punch; attempts, meetings (within
+        #: 10 s of their start), probes sent, the first attempt and the first direct path after it.
+        self.hard_pair = False
+        self.hard_attempts = self.hard_met = self.hard_met_10s = self.hard_probes = 0
+        self.hard_first_start: int | None = None
+        self.hard_last_start: int | None = None
+        self.hard_direct_at: int | None = None
 
     def advance(self, now: int) -> None:
         span = now - self.last_t
@@ -140,6 +155,9 @@ class SimPeer:
         "account",
         "awake",
         "dedicated_port",
+        "hard_endpoint",
+        "hard_token",
+        "hard_where",
         "index",
         "key",
         "known_reflexive",
@@ -182,6 +200,11 @@ class SimPeer:
         self.probe_saved: tuple[str, str] | None = None
         #: Bumped when the agent learns of a dead path another way (a TURN error): no PathSilent then.
         self.silence_gen = 0
+        #: A direct endpoint a hard-NAT attempt found; it works while the peer keeps the
+        #: address and port it had then (`hard_where`). `hard_token` voids meetings in flight.
+        self.hard_endpoint: str | None = None
+        self.hard_where: tuple[str, int] | None = None
+        self.hard_token = 0
         self.account = Account()
 
     @property

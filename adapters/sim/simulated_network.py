@@ -28,9 +28,10 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from natrelay.adapters.sim.nat_model import NAT_TYPES, NatBehaviour, hairpin_works, punch
+from natrelay.adapters.sim.nat_model import NAT_TYPES, NatBehaviour, hairpin_works, hard_pairing, punch
 from natrelay.adapters.sim.scenario import PeerSpec, Scenario
 from natrelay.adapters.sim.sim_handlers import NetworkHandlers
+from natrelay.adapters.sim.sim_hard_nat import HardNatSim
 from natrelay.adapters.sim.sim_model import (
     MAX_HANDSHAKE_TRIES,
     PATH_SILENT_MS,
@@ -49,6 +50,8 @@ from natrelay.core.commands import (
     Command,
     ConnectViaRelay,
     ForgetPeer,
+    StartHardNatAttempt,
+    StopHardNatAttempt,
     SwitchPath,
     TryDirectEndpoint,
 )
@@ -57,7 +60,7 @@ from natrelay.core.events import Event, NatObserved
 __all__ = ["Account", "SimNetwork", "SimPeer"]
 
 
-class SimNetwork(NetworkHandlers, OracleStrategy):
+class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
     """The simulated network for one vantage, implementing `NetworkAdapter`."""
 
     def __init__(
@@ -219,7 +222,8 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
             return (peer.lan_addr, peer.reflexive) if hairpin_works(self.local) else (peer.lan_addr,)
         result = punch(self.local, peer.nat)
         if not result.works:
-            return ()
+            found = peer.hard_endpoint  # a hard-NAT attempt's pair, while both keep their mappings
+            return (found,) if found is not None and peer.hard_where == (peer.public_ip, peer.port) else ()
         return (peer.reflexive,) if result.peer_endpoint == "reflexive" else (peer.dedicated,)
 
     def best_relay(self, peer: str = "") -> Relay | None:
@@ -266,6 +270,15 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
             acc.first_direct_possible_at = now
         if acc.working and not acc.relayed and acc.first_direct_at is None:
             acc.first_direct_at = now
+        if live and not acc.hard_pair and not peer.lan:
+            acc.hard_pair = hard_pairing(self.local, peer.nat)
+        if (
+            acc.working
+            and not acc.relayed
+            and acc.hard_first_start is not None
+            and acc.hard_direct_at is None
+        ):
+            acc.hard_direct_at = now
 
     def network_changed(self, peer: SimPeer, now: int) -> None:
         """A change of the network left the peer's path dead: a recovery starts (see Account)."""
@@ -303,6 +316,10 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
                 self._set_plane(peer, ("relay", command.relay), now)
         elif type(command) is CloseRelaySession:
             self._close_session(peer, command.relay, now)
+        elif type(command) is StartHardNatAttempt:
+            self._start_hard_nat(peer, command, now)
+        elif type(command) is StopHardNatAttempt:
+            self._stop_hard_nat(peer)
         elif type(command) is ForgetPeer:
             for relay in self.relays.values():
                 if peer.key in relay.sessions:
@@ -445,4 +462,5 @@ _HANDLERS: dict[str, Any] = {
     "oracle_set": SimNetwork._on_oracle_set,
     "silent": SimNetwork._on_silent,
     "probe_over": SimNetwork._on_probe_over,
+    "hard_nat_met": SimNetwork._on_hard_nat_met,
 }

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import attrs
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -147,6 +148,29 @@ def write_plot(rows: list[RunMetrics], path: Path, scenario: Scenario) -> Path |
     return path
 
 
+#: The hard-NAT table (issue 16): (column title, metric attribute, format).
+HARD_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("hard\npairs", "hard_pairs", "int"),
+    ("went\ndirect", "hard_direct_share", "pct"),
+    ("attempts", "hard_attempts", "int"),
+    ("met within\n10 s", "hard_met_10s_share", "pct"),
+    ("probes per\nsuccess", "probes_per_success", "f2"),
+    ("to direct\np50", "hard_ttd_p50_s", "s"),
+    ("to direct\np95", "hard_ttd_p95_s", "s"),
+)
+
+
+def hard_nat_table(rows: list[RunMetrics]) -> Table:
+    """Per policy: the peers a plain punch cannot reach directly, and what the birthday punch did."""
+    table = Table(title="Hard NATs (issue 16): pairs a plain punch cannot open", show_lines=False)
+    table.add_column("policy", style="bold")
+    for heading, _, _ in HARD_COLUMNS:
+        table.add_column(heading, justify="right")
+    for row in rows:
+        table.add_row(row.name, *(_fmt(getattr(row, attr), kind) for _, attr, kind in HARD_COLUMNS))
+    return table
+
+
 def _load(scenario: str | None, default: str, peers: int | None, duration: float | None) -> Scenario:
     try:
         loaded = load_scenario(scenario or default)
@@ -204,6 +228,14 @@ def register(app: typer.Typer) -> None:
                 "the live path) or blackout (today's agent: WireGuard points at the candidate).",
             ),
         ] = "hitless",
+        hard_nat: Annotated[
+            bool,
+            typer.Option(
+                "--hard-nat",
+                help="Turn on hard-NAT (birthday) attempts: for the main run's policy, or with "
+                "--compare as an extra row natrelay-hardnat (docs/hard-nat.md).",
+            ),
+        ] = False,
         list_builtins: Annotated[
             bool, typer.Option("--list", help="List the built-in scenarios and exit.")
         ] = False,
@@ -221,6 +253,10 @@ def register(app: typer.Typer) -> None:
             chosen = [preset(name) for name in PRESETS] if compare else [load_policy(policy)]
         except ValueError as exc:  # PolicyFileError too: it names the file and the key
             raise typer.BadParameter(str(exc), param_hint="--policy") from None
+        if hard_nat and compare:
+            chosen.append(attrs.evolve(preset("natrelay"), hard_nat_enabled=True, name="natrelay-hardnat"))
+        elif hard_nat:
+            chosen = [attrs.evolve(chosen[0], hard_nat_enabled=True, name=f"{chosen[0].name}-hardnat")]
         loaded = _load(scenario, "matrix" if compare else "mesh", peers, duration)
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = None
@@ -288,6 +324,8 @@ def register(app: typer.Typer) -> None:
             f"{vantages} local NAT type{'s' if vantages > 1 else ''}, seed {seed}, {probe_cost} probes"
         )
         out.print(metrics_table(title, rows))
+        if any(row.hard_pairs for row in rows):
+            out.print(hard_nat_table(rows))
         if loaded.description:
             out.print(f"[dim]{loaded.description} ({loaded.source})[/dim]")
         if png is not None:

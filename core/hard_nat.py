@@ -1,0 +1,215 @@
+"""Hard NATs (issue 16): when a relayed peer gets a birthday punch, and how an attempt ends.
+
+A symmetric NAT gives a new public port per destination, so a plain punch against a
+port-restricted cone, a stateful firewall or another symmetric NAT never meets. The
+way through (docs/hard-nat.md): the hard side opens many sockets toward the easy
+side's endpoint, the easy side sprays probes at ports of the hard side's address, and
+by the birthday paradox one pair meets. The engine decides when to try and with what
+budget; the data plane carries it out and reports the pair that met.
+
+Rules of this module:
+- it decides only through `emit` (folded, recorded); the relay stays the path until
+  the normal upgrade (`stepping.maybe_upgrade`) moves the peer to the found endpoint;
+- every attempt is bounded: the budget (sockets, probes, rate) and the deadline are
+  in the decision, a failed attempt waits the policy's backoff, and a peer gets at
+  most `hard_nat_max_attempts` until this node's addresses change;
+- `blocked` is the one answer to "why not now?": the decision and `explain` ask it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import lifecycle as lc
+from .commands import StartHardNatAttempt, StopHardNatAttempt
+from .events import (
+    HardNatAttemptFailed,
+    HardNatAttemptStarted,
+    HardNatAttemptSucceeded,
+    HardNatPairMet,
+    HardNatRole,
+)
+from .peers import PeerRecord
+from .reaction import emit
+from .state import State, is_public
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+#: NATs a plain punch from a symmetric NAT cannot open: their filters admit only the exact
+#: endpoint they sent to, and the symmetric side's port toward them is not the one they know.
+EASY_SIDES = frozenset({"port_restricted_cone", "firewall"})
+
+
+def role_for(local_nat: str, peer_nat: str) -> tuple[HardNatRole | None, str]:
+    """Our role in a birthday punch with this pairing, or None; and why, in words."""
+    pair = f"our NAT is {local_nat}, the peer's {peer_nat}"
+    if "udp_blocked" in (local_nat, peer_nat):
+        return None, f"UDP is blocked ({pair}): only a relay gets through"
+    if "unknown" in (local_nat, peer_nat):
+        return None, f"a NAT type is unknown ({pair})"
+    if local_nat == "symmetric" and peer_nat == "symmetric":
+        return "both", f"{pair}: both sides open sockets and probe"
+    if local_nat == "symmetric" and peer_nat in EASY_SIDES:
+        return "hard", f"{pair}: we open the sockets, the peer probes"
+    if peer_nat == "symmetric" and local_nat in EASY_SIDES:
+        return "easy", f"{pair}: the peer opens the sockets, we probe"
+    return None, f"a plain punch can work ({pair})"
+
+
+def target(record: PeerRecord) -> str | None:
+    """The peer's endpoint to aim at: its first public candidate (the server-reflexive one)."""
+    return next((c for c in record.candidates if is_public(c)), None)
+
+
+def blocked(state: State, record: PeerRecord) -> str | None:
+    """Why no hard-NAT attempt may start for this peer now, or None when one may."""
+    policy, key = state.policy, record.key
+    book = state.hard_nat
+    if not policy.hard_nat_enabled:
+        return "hard-NAT attempts are off in this policy"
+    if key in policy.hard_nat_off_peers:
+        return "hard-NAT attempts are off for this peer"
+    if not state.upgrades_allowed(record):
+        return "the peer may not be upgraded to a direct path"
+    if record.state != lc.RELAY_CONNECTED:
+        return f"the peer is {record.state}, not relayed"
+    role, why = role_for(state.local_nat, record.nat_type)
+    if role is None:
+        return why
+    if key in book.open:
+        return f"attempt {book.open[key].attempt} is under way"
+    if state.attempts.attempts(key) + record.probes_done == 0:
+        return "no direct round has failed yet"
+    if state.attempts.open_round(key) is not None:
+        return "a direct round is open"
+    tries = book.tries.get(key, 0)
+    if key in book.next_at and book.next_at[key] is None:
+        return f"{tries} attempt(s) failed; none more until this node's addresses change"
+    if policy.hard_nat_max_attempts and tries >= policy.hard_nat_max_attempts:
+        return f"{tries} attempt(s) made, the policy allows {policy.hard_nat_max_attempts}"
+    next_at = book.next_at.get(key)
+    if next_at is not None and next_at > state.now:
+        return f"the next attempt is due at {next_at} ms (backoff after {book.failures.get(key, 0)} failed)"
+    if target(record) is None:
+        return "the peer has no public endpoint to aim at"
+    return None
+
+
+def maybe_start(engine: Engine, record: PeerRecord) -> bool:
+    """Start an attempt for this relayed peer if `blocked` allows one now."""
+    if blocked(engine, record) is not None:
+        return False
+    policy, key, now = engine.policy, record.key, engine.now
+    role, why = role_for(engine.local_nat, record.nat_type)
+    endpoint = target(record)
+    assert role is not None and endpoint is not None
+    attempt = engine.hard_nat.next_attempt_number(key)
+    deadline = now + policy.hard_nat_timeout_ms
+    sockets, probes = policy.hard_nat_sockets, policy.hard_nat_probes
+    failed = engine.attempts.attempts(key) + record.probes_done
+    reason = (
+        f"relayed, {failed} direct round(s) failed, and {why}: "
+        f"{sockets} sockets on the hard side, {probes} probes at {policy.hard_nat_probe_rate}/s "
+        "from the easy side, "
+        f"{policy.hard_nat_timeout_ms} ms"
+    )
+    emit(
+        engine,
+        HardNatAttemptStarted(
+            at=now,
+            peer=key,
+            attempt=attempt,
+            role=role,
+            endpoint=endpoint,
+            sockets=sockets,
+            probes=probes,
+            rate_per_s=policy.hard_nat_probe_rate,
+            deadline=deadline,
+            reason=reason,
+        ),
+        StartHardNatAttempt(
+            peer=key,
+            attempt=attempt,
+            role=role,
+            endpoint=endpoint,
+            sockets=sockets,
+            probes=probes,
+            rate_per_s=policy.hard_nat_probe_rate,
+            deadline=deadline,
+        ),
+    )
+    return True
+
+
+def maybe_end(engine: Engine, record: PeerRecord) -> bool:
+    """End the open attempt when its deadline passed or the peer is no longer relayed."""
+    tried = engine.hard_nat.open.get(record.key)
+    if tried is None:
+        return False
+    now, policy, key = engine.now, engine.policy, record.key
+    if tried.deadline <= now:
+        why = f"no pair met within {policy.hard_nat_timeout_ms} ms"
+    elif record.state != lc.RELAY_CONNECTED:
+        why = f"the peer is {record.state} now"
+    else:
+        return False
+    failures = engine.hard_nat.failures.get(key, 0) + 1
+    tries = engine.hard_nat.tries.get(key, 0)
+    retry_at: int | None = now + policy.hard_nat_gap_ms(failures)
+    if policy.hard_nat_max_attempts and tries >= policy.hard_nat_max_attempts:
+        retry_at = None
+        why += f"; that was attempt {tries} of {policy.hard_nat_max_attempts}"
+    else:
+        why += f"; the next may start at {retry_at} ms"
+    emit(
+        engine,
+        HardNatAttemptFailed(at=now, peer=key, attempt=tried.attempt, retry_at=retry_at, reason=why),
+        StopHardNatAttempt(peer=key, attempt=tried.attempt),
+    )
+    return True
+
+
+def succeed(engine: Engine, event: HardNatPairMet) -> None:
+    """The data plane found the pair: record it; the upgrade (hitless) follows in stepping."""
+    tried = engine.hard_nat.open[event.peer]
+    took = event.at - tried.started_at
+    emit(
+        engine,
+        HardNatAttemptSucceeded(
+            at=event.at,
+            peer=event.peer,
+            attempt=event.attempt,
+            endpoint=event.endpoint,
+            local_port=event.local_port,
+            probes_sent=event.probes_sent,
+            reason=f"our port {event.local_port} met {event.endpoint} after {event.probes_sent} "
+            f"probe(s), {took} ms into attempt {event.attempt}",
+        ),
+    )
+
+
+def wake_times(state: State, record: PeerRecord) -> list[int]:
+    """When this peer needs the engine for hard-NAT reasons: a deadline, or the next try."""
+    times = []
+    tried = state.hard_nat.open.get(record.key)
+    if tried is not None:
+        times.append(tried.deadline)
+    elif state.policy.hard_nat_enabled and record.state == lc.RELAY_CONNECTED:
+        next_at = state.hard_nat.next_at.get(record.key)
+        if next_at is not None and next_at > state.now:
+            times.append(next_at)
+    return times
+
+
+def explain_line(state: State, record: PeerRecord) -> str | None:
+    """For `explain`: the open attempt, or why none is made (None when it does not concern the peer)."""
+    tried = state.hard_nat.open.get(record.key)
+    if tried is not None:
+        return f"hard NAT: attempt {tried.attempt} ({tried.role}) under way until {tried.deadline} ms"
+    why = blocked(state, record)
+    if why is None:
+        return "hard NAT: an attempt may start now"
+    if record.state != lc.RELAY_CONNECTED:
+        return None
+    return f"hard NAT: no attempt — {why}"
