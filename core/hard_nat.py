@@ -18,6 +18,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING
 
 from . import lifecycle as lc
@@ -31,7 +32,7 @@ from .events import (
 )
 from .peers import PeerRecord
 from .reaction import emit
-from .state import State, is_public
+from .state import State
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -57,9 +58,37 @@ def role_for(local_nat: str, peer_nat: str) -> tuple[HardNatRole | None, str]:
     return None, f"a plain punch can work ({pair})"
 
 
+#: Addresses that never lie beyond a NAT's public side: private (RFC 1918), carrier-grade
+#: NAT (RFC 6598), loopback and link-local. Documentation ranges (RFC 5737) count as public
+#: here, unlike ``ipaddress.is_private``: test networks and labs use them as "the internet".
+_BEHIND_NAT = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+        "::1/128",
+    )
+)
+
+
+def beyond_nat(endpoint: str) -> bool:
+    """Whether ``endpoint``'s address can be a NAT's public side (a server-reflexive one)."""
+    host = endpoint[1:].partition("]")[0] if endpoint.startswith("[") else endpoint.rpartition(":")[0]
+    ip = ipaddress.ip_address(host)
+    if ip.is_multicast or ip.is_unspecified:
+        return False
+    return not any(ip.version == net.version and ip in net for net in _BEHIND_NAT)
+
+
 def target(record: PeerRecord) -> str | None:
-    """The peer's endpoint to aim at: its first public candidate (the server-reflexive one)."""
-    return next((c for c in record.candidates if is_public(c)), None)
+    """The peer's endpoint to aim at: its first candidate beyond a NAT (the server-reflexive one)."""
+    return next((c for c in record.candidates if beyond_nat(c)), None)
 
 
 def blocked(state: State, record: PeerRecord) -> str | None:

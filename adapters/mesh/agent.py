@@ -141,6 +141,8 @@ class Agent(Starting, Observing):
     _nat_type: str | None = None
     #: peer -> {endpoint: kind} from the rendezvous at start (for PeerAdded).
     _published_kinds: dict[str, dict[str, str]] = attrs.field(factory=dict)
+    #: peer -> its NAT type as it published it (for PeerAdded).
+    _published_nat: dict[str, str] = attrs.field(factory=dict)
 
     # ---- time --------------------------------------------------------------------------
 

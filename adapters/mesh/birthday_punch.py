@@ -249,6 +249,14 @@ class PunchedPath:
         host, port = self._local.get_extra_info("sockname")[:2]
         return f"{host}:{port}"
 
+    def send(self, data: bytes) -> bool:
+        """Send ``data`` to the peer through the meeting socket (a probe of the plane)."""
+        try:
+            self.sock.send(data)
+        except OSError:
+            return False
+        return True
+
     def _from_peer(self) -> None:
         while True:
             try:

@@ -34,8 +34,16 @@ from natrelay.adapters.mesh.path_proxy import Addr, PathProxy, fmt, parse_addr
 from natrelay.adapters.mesh.turn_relay import TurnSession
 from natrelay.adapters.mesh.wireguard import InterfaceStatus, WireGuardError
 from natrelay.core import lifecycle as lc
-from natrelay.core.commands import CloseRelaySession, Command, ForgetPeer, SwitchPath, TryDirectEndpoint
-from natrelay.core.events import HandshakeObserved, PathSilent, RelaySessionEstablished
+from natrelay.core.commands import (
+    CloseRelaySession,
+    Command,
+    ForgetPeer,
+    StartHardNatAttempt,
+    StopHardNatAttempt,
+    SwitchPath,
+    TryDirectEndpoint,
+)
+from natrelay.core.events import HandshakeObserved, HardNatPairMet, PathSilent, RelaySessionEstablished
 
 #: The agent (``adapters.mesh.agent.Agent``); not imported, so the two modules form no cycle.
 Agent = Any
@@ -100,6 +108,7 @@ def _map_port(agent: Agent, public: int) -> None:
 
 
 def _open_shared(agent: Agent, status: InterfaceStatus) -> None:
+    from natrelay.adapters.mesh.hard_nat_plane import HardNatRunner
     from natrelay.adapters.mesh.shared_plane import SharedPlane
     from natrelay.adapters.mesh.wg_counters import Uapi
 
@@ -126,6 +135,7 @@ def _open_shared(agent: Agent, status: InterfaceStatus) -> None:
     except OSError as exc:
         plane.close()
         raise ConfigError(f"data_plane = shared: no raw socket ({exc.strerror}); run as root") from None
+    plane.hard_nat = HardNatRunner(plane, lambda *met: _pair_met(agent, *met))
     agent.proxy = plane
     agent.listen_port = public
     log.info("data plane: shared, WireGuard on udp port %d, probes through raw sockets", public)
@@ -208,6 +218,8 @@ def execute(agent: Agent, command: Command) -> bool:
         return True
     if isinstance(command, CloseRelaySession):
         return _keep_warm(agent, command)
+    if isinstance(command, (StartHardNatAttempt, StopHardNatAttempt)):
+        return _hard_nat(agent, command)
     if isinstance(command, ForgetPeer):
         for (peer, relay), (session, _until) in list(agent._warm.items()):
             if peer == command.peer:
@@ -216,6 +228,37 @@ def execute(agent: Agent, command: Command) -> bool:
         proxy.remove_peer(command.peer)
         return False
     return False
+
+
+def _hard_nat(agent: Agent, command: StartHardNatAttempt | StopHardNatAttempt) -> bool:
+    """Carry a hard-NAT attempt out on the shared plane (``hard_nat_plane``); the proxy cannot."""
+    runner = getattr(agent.proxy, "hard_nat", None)
+    if runner is None:
+        if isinstance(command, StartHardNatAttempt):
+            log.warning(
+                "hard-NAT attempt %d with %s: only data_plane = shared carries it out",
+                command.attempt,
+                command.peer[:8],
+            )
+        return True
+    if isinstance(command, StopHardNatAttempt):
+        runner.stop(command.peer, command.attempt)
+    else:
+        runner.start(command, max(0.5, (command.deadline - agent.now()) / 1000))
+    return True
+
+
+def _pair_met(agent: Agent, peer: str, attempt: int, endpoint: Addr, local_port: int, probes: int) -> None:
+    agent._pending.append(
+        HardNatPairMet(
+            at=agent.now(),
+            peer=peer,
+            attempt=attempt,
+            endpoint=fmt(endpoint),
+            local_port=local_port,
+            probes_sent=probes,
+        )
+    )
 
 
 def _keep_warm(agent: Agent, command: CloseRelaySession) -> bool:
@@ -341,5 +384,5 @@ def publish_candidates(agent: Agent) -> tuple[str, ...]:
     ordered = cand.ordered(kinds)
     if ordered:
         log.info("candidates: %s", ", ".join(f"{e} ({kinds[e]})" for e in ordered))
-        agent.rendezvous.publish_candidates(agent.now(), agent.me, ordered, kinds)
+        agent.rendezvous.publish_candidates(agent.now(), agent.me, ordered, kinds, nat_type=agent._nat_type)
     return ordered

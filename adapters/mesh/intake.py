@@ -100,7 +100,7 @@ def candidate_kinds(candidates: tuple[str, ...], kinds: object) -> tuple[str, ..
 
 
 def candidates_updated(
-    at: int, source: str, *, peer: object, candidates: object, kinds: object = None
+    at: int, source: str, *, peer: object, candidates: object, kinds: object = None, nat_type: object = None
 ) -> CandidatesUpdated | InputRejected:
     """New candidates for a peer from outside, or their refusal (the subject is the peer)."""
     problem = _key_problem(peer)
@@ -108,7 +108,13 @@ def candidates_updated(
         return rejected(at, source, peer, problem)
     try:
         listed = candidate_list(candidates)
-        return CandidatesUpdated(at=at, peer=peer, candidates=listed, kinds=candidate_kinds(listed, kinds))  # type: ignore[arg-type]
+        return CandidatesUpdated(
+            at=at,
+            peer=peer,  # type: ignore[arg-type]
+            candidates=listed,
+            kinds=candidate_kinds(listed, kinds),
+            nat_type=nat_type,  # type: ignore[arg-type]
+        )
     except (v.InvalidValue, TypeError) as exc:
         return rejected(at, source, peer, f"candidates refused: {exc}")
 

@@ -343,7 +343,10 @@ class Observing:
                     self.feed(update)  # recorded, and the node goes on
                     continue
                 peer = self.engine.peers[record.sender]
-                if update.candidates != peer.candidates and peer.state != lc.REMOVED:
+                news = update.candidates != peer.candidates or (
+                    update.nat_type is not None and update.nat_type != peer.nat_type
+                )
+                if news and peer.state != lc.REMOVED:
                     self.feed(update)
         for peer in {r.sender for r in records if r.recipient == self.me}:
             latest = latest_relay_address(self._rv_records, peer)
@@ -369,5 +372,10 @@ class Observing:
         kinds = payload.get("kinds")
         kinds = {**dict.fromkeys(known, "configured"), **(kinds if isinstance(kinds, dict) else {})}
         return intake.candidates_updated(
-            self.now(), "rendezvous", peer=record.sender, candidates=list(known) + published, kinds=kinds
+            self.now(),
+            "rendezvous",
+            peer=record.sender,
+            candidates=list(known) + published,
+            kinds=kinds,
+            nat_type=payload.get("nat_type"),
         )

@@ -92,8 +92,9 @@ class Probing:
             log.debug("probe rejected: %s", exc)
             return None
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         assert self._loop is not None
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

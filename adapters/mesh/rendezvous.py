@@ -145,12 +145,20 @@ class Rendezvous:
             return seq
 
     def publish_candidates(
-        self, at: int, sender: str, candidates: tuple[str, ...], kinds: dict[str, str] | None = None
+        self,
+        at: int,
+        sender: str,
+        candidates: tuple[str, ...],
+        kinds: dict[str, str] | None = None,
+        nat_type: str | None = None,
     ) -> int:
-        """``sender`` can be reached at these endpoints (to everyone); ``kinds``: endpoint -> kind."""
+        """``sender`` can be reached at these endpoints (to everyone); ``kinds``: endpoint -> kind;
+        ``nat_type``: the sender's NAT as its STUN answers named it (peers judge hard pairings)."""
         payload: dict[str, Any] = {"candidates": list(candidates)}
         if kinds:
             payload["kinds"] = dict(kinds)
+        if nat_type:
+            payload["nat_type"] = nat_type
         return self._publish(at, sender, None, "candidates", payload)
 
     def publish_relay_address(

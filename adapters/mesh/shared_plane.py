@@ -38,7 +38,7 @@ import errno
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -48,6 +48,9 @@ from natrelay.adapters.mesh.probing import Probing
 from natrelay.adapters.mesh.shared_socket import RawProbeSocket
 from natrelay.adapters.mesh.wg_counters import Uapi, UapiError
 from natrelay.adapters.mesh.wg_values import WireGuardError
+
+if TYPE_CHECKING:
+    from natrelay.adapters.mesh.hard_nat_plane import HardNatRunner
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,8 @@ class SharedPlane(Probing):
     _last_reading: float = -1e9
     #: Readings of WireGuard the plane made itself (the agent's shared ones not counted).
     own_readings: int = 0
+    #: Hard-NAT attempts and their punched paths (``hard_nat_plane``), once the agent opens it.
+    hard_nat: HardNatRunner | None = None
     rejected_probes: int = 0
     closed: bool = False
 
@@ -161,6 +166,8 @@ class SharedPlane(Probing):
         self.closed = True
         if self._reading_timer is not None:
             self._reading_timer.cancel()
+        if self.hard_nat is not None:
+            self.hard_nat.close()
         for task in list(self._tasks):
             task.cancel()
         if self._raw is not None:
@@ -210,18 +217,25 @@ class SharedPlane(Probing):
         log.info("WireGuard roamed %s to %s; back to direct %s", link.peer[:8], link.roamed, fmt(link.direct))
         link.roamed = None
         try:
-            self._set_wireguard(link, fmt(link.direct))
+            self._set_wireguard(link, self._wireguard_endpoint(link.direct))
         except Exception as exc:  # WireGuardError, UapiError: the next pong tries again
             log.error("pointing WireGuard back to %s failed: %s", fmt(link.direct), exc)
 
+    def _wireguard_endpoint(self, addr: Addr) -> str:
+        """Where WireGuard sends to reach ``addr``: there, or a punched path's loopback port."""
+        punched = self.hard_nat.punched.get(addr) if self.hard_nat is not None else None
+        return fmt(addr) if punched is None else punched.local_endpoint
+
     def use_direct(self, peer: str, addr: Addr) -> None:
         link = self._links[peer]
-        self._set_wireguard(link, fmt(addr))
+        endpoint = self._wireguard_endpoint(addr)
+        self._set_wireguard(link, endpoint)
         link.roamed = None
         link.direct = addr
         link.last_rx_direct = time.monotonic()
         link.dead_reported = False
-        log.info("data path of %s: direct %s", peer[:8], fmt(addr))
+        via = "" if endpoint == fmt(addr) else f" via {endpoint}"  # a punched path's loopback port
+        log.info("data path of %s: direct %s%s", peer[:8], fmt(addr), via)
         self._arm_reading()
 
     def use_relay(self, peer: str, session: Any) -> None:
@@ -259,6 +273,9 @@ class SharedPlane(Probing):
     # ---- probing -----------------------------------------------------------------------------
 
     def _send_probe(self, data: bytes, addr: Addr) -> bool:
+        punched = self.hard_nat.punched.get(addr) if self.hard_nat is not None else None
+        if punched is not None:  # only the punched socket's NAT mapping reaches the peer
+            return punched.send(data)
         if self._raw is None:
             return False
         try:
@@ -304,6 +321,8 @@ class SharedPlane(Probing):
             self._probing.pop((peer, addr), None)
             first = now - self._confirmed.get((peer, addr), -1e9) > 1.0
             self._confirmed[(peer, addr)] = now
+            if self.hard_nat is not None and self.hard_nat.answered(peer, addr):
+                return  # an easy side's spray met: reported as the attempt's meeting
             if self.on_answer is not None and first:
                 self.on_answer(peer, addr, rtt, probe.observed)
 
@@ -368,7 +387,8 @@ class SharedPlane(Probing):
                 continue
             if link.tx_bytes >= 0 and seen.tx_bytes - link.tx_bytes > KEEPALIVE_BYTES:
                 link.last_tx_data = now
-            on_direct = seen.endpoint is not None and parse_addr(seen.endpoint) == link.direct
+            expected = parse_addr(self._wireguard_endpoint(link.direct))
+            on_direct = seen.endpoint is not None and parse_addr(seen.endpoint) == expected
             link.roamed = None if on_direct else seen.endpoint
             if link.rx_bytes >= 0 and seen.rx_bytes != link.rx_bytes and on_direct:
                 link.last_rx_direct = now

@@ -79,8 +79,8 @@ class Starting:
         for spec in cfg.relays:
             self._announce_once(spec.server.relay_id, spec.server.region, spec.server.address)
         self._resume()
-        self._publish_candidates()
         self._observe_nat(self.feed)
+        self._publish_candidates()
         self._address_watch = AddressWatch(self._local_addresses_changed)
         self._address_watch.start()
         live = {k for k, r in self.engine.peers.items() if r.state != lc.REMOVED}
@@ -101,6 +101,7 @@ class Starting:
                     kinds=tuple(named.get(c, "") for c in candidates) if named else (),
                     access=peer.access,  # type: ignore[arg-type]
                     preferred_region=peer.preferred_region,
+                    nat_type=self._published_nat.get(peer.public_key, "unknown"),
                 )
             )
         configured = {p.public_key for p in cfg.peers}
@@ -125,6 +126,8 @@ class Starting:
                         self._published_kinds[record.sender] = dict(
                             zip(update.candidates, update.kinds, strict=False)
                         )
+                        if update.nat_type is not None:
+                            self._published_nat[record.sender] = update.nat_type
             if len(found) == len(peers) or time.monotonic() >= deadline:
                 return found
             time.sleep(0.05)
@@ -166,7 +169,7 @@ class Starting:
                     break
         unique = tuple(dict.fromkeys(candidates))
         if unique:
-            self.rendezvous.publish_candidates(self.now(), self.me, unique)
+            self.rendezvous.publish_candidates(self.now(), self.me, unique, nat_type=self._nat_type)
         self._own_candidates = unique
         return unique
 
@@ -177,12 +180,14 @@ class Starting:
         re-probes every peer beside its live path (issue 13); peers learn the new
         candidates from the rendezvous and probe back.
         """
-        before = self._own_candidates
+        before, nat_before = self._own_candidates, self._nat_type
+        self._observe_nat(self._pending.append)
         after = self._publish_candidates()
         if after != before:
             log.info("local addresses changed: %s -> %s", ", ".join(before) or "-", ", ".join(after) or "-")
             self._pending.append(LocalAddressesChanged(at=self.now(), addresses=after))
-            self._observe_nat(self._pending.append)
+        elif self._nat_type != nat_before:
+            log.info("this node's NAT changed (%s -> %s), its addresses did not", nat_before, self._nat_type)
 
     def _observe_nat(self: Agent, report: Callable[[Event], None]) -> None:
         """Name this node's NAT from two relays' STUN answers; a new verdict is an observation.

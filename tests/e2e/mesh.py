@@ -214,8 +214,18 @@ class Mesh:
             marker = f"data path of {key}: "
             if marker in line:
                 kind, _, where = line.split(marker, 1)[1].partition(" ")
-                found = (kind, where.strip())
+                found = (kind, where.strip().partition(" via ")[0])
         return found
+
+    def punched_via(self, name: str, other: str) -> str | None:
+        """The loopback port WireGuard reaches `other` through when a hard-NAT punch carries the path."""
+        key = self.topo.peers[other].public_key[:8]
+        via = None
+        for line in self.agent_log(name).splitlines():
+            marker = f"data path of {key}: "
+            if marker in line:
+                via = line.split(" via ", 1)[1].strip() if " via " in line else None
+        return via
 
     def path_kind(self, name: str, other: str) -> str | None:
         """'relay' or 'direct': the proxy's path, or where WireGuard points (endpoint mode)."""
@@ -225,6 +235,9 @@ class Mesh:
             if kind is not None and self.settings.get("data_plane", DEFAULT_DATA_PLANE) == "shared":
                 # Shared mode: WireGuard itself must point where the agent says (not roamed).
                 endpoint = self.peer_endpoint(name, other)
+                via = self.punched_via(name, other)
+                if via is not None and endpoint == via:
+                    endpoint = path[1]  # WireGuard reaches the direct path through the punched socket
                 actual = "relay" if endpoint and endpoint.startswith("127.") else "direct"
                 if endpoint is None or actual != kind or (kind == "direct" and endpoint != path[1]):
                     return f"{kind}, but WireGuard points at {endpoint}"

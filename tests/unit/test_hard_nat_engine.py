@@ -223,3 +223,21 @@ def test_explain_tells_the_attempt_and_why_not(tmp_path: Path) -> None:
     assert "hard-NAT attempt 1 as the hard side" in text and "symmetric" in text
     assert "hard-NAT attempt 1 failed — no pair met within 10000 ms" in text
     assert "hard NAT: no attempt — the next attempt is due at 71100 ms" in lines[-1]
+
+
+def test_the_attempt_aims_at_the_candidate_beyond_the_nat_documentation_ranges_included() -> None:
+    """Found by the real agents' e2e (issue 16): on the lab internet (203.0.113.0/24, which
+    Python calls private) every peer had 'no public endpoint to aim at'. Kills a target
+    rule that refuses documentation ranges, and one that aims at a LAN or CGNAT address."""
+    from natrelay.core.hard_nat import beyond_nat
+
+    assert beyond_nat("203.0.113.102:51820") and beyond_nat("37.0.0.9:40000")
+    assert not any(beyond_nat(e) for e in ("10.2.0.2:51820", "100.64.3.4:1", "192.168.1.2:5", "[fe80::1]:5"))
+    driver = Driver(ON)
+    driver.feed(NatObserved(at=0, nat_type="symmetric"))
+    driver.relays("r1")
+    lab = "203.0.113.102:51820"
+    driver.feed(PeerAdded(at=10, peer=P, candidates=("10.2.0.2:51820", lab), nat_type="port_restricted_cone"))
+    driver.feed(RelaySessionEstablished(at=100, peer=P, relay="r1", session="s1"))
+    driver.until(1_200)
+    assert [a.endpoint for a in started(driver)] == [lab]

@@ -1,0 +1,65 @@
+"""End to end, the real agents carry a hard-NAT attempt out (issue 16): relayed, then direct.
+
+Peer ``a`` behind ``MASQUERADE --random-fully`` (symmetric: a new random port per
+destination), ``b`` behind a port-preserving NAT that drops unsolicited inbound. Every
+anchor relays this pair forever. The default policy with ``hard_nat_enabled``: the agents
+name their NATs from STUN (a: symmetric, b: port-restricted cone) and publish them; the
+engines relay first, their plain probes fail, and each starts a birthday attempt (a: the
+hard side's 256 sockets, b: the easy side's spray from WireGuard's port). The meeting
+upgrades the pair: b's WireGuard sends to the port a's NAT opened, a's WireGuard through
+the punched socket's loopback port. Pings at 5/s through the tunnel count every loss; the
+logs verify afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from mesh import Mesh
+from pingloss import PingRecorder
+
+pytestmark = pytest.mark.e2e
+
+
+def _events(mesh: Mesh, node: str, kind: str) -> list[object]:
+    from natrelay.eventlog import EventLog
+    from natrelay.eventlog.replay import node_events
+
+    with EventLog.open(str(mesh.log_path), create=False) as log:
+        return [e for _s, _st, e in node_events(log, node) if kind == e.TYPE]
+
+
+def test_agents_punch_a_random_port_symmetric_nat_and_upgrade_without_loss(mesh_factory) -> None:
+    """Kills an agent that ignores StartHardNatAttempt (the pair stays relayed), a hard side
+    that lets WireGuard send from its own port (b's NAT drops it: no handshake on the found
+    path), and any attempt that costs a ping."""
+    mesh = mesh_factory("symmetric", "preserving")
+    mesh.policy = {"hard_nat_enabled": True}
+    mesh.settings["data_plane"] = "shared"
+    mesh.start_agent("a")
+    mesh.start_agent("b")
+    mesh.wait_path("relay", 40)
+    ping = PingRecorder(mesh.topo.peers["a"].ns, mesh.topo.peers["b"].tunnel_ip).start()
+    relayed_at = time.monotonic()
+    took = mesh.wait_path("direct", 90)
+    time.sleep(4)
+    result = ping.stop()
+    started = {n: _events(mesh, n, "hard_nat_attempt_started") for n in ("a", "b")}
+    succeeded = {n: _events(mesh, n, "hard_nat_attempt_succeeded") for n in ("a", "b")}
+    met = {n: _events(mesh, n, "hard_nat_pair_met") for n in ("a", "b")}
+    roles = {n: [e.role for e in started[n]] for n in ("a", "b")}  # type: ignore[attr-defined]
+    print(
+        f"hard NAT: direct {took:.1f} s after relayed ({time.monotonic() - relayed_at:.1f} s in all); "
+        f"attempts a {roles['a']}, b {roles['b']}; met a {len(met['a'])}, b {len(met['b'])}; "
+        f"probes {[e.probes_sent for e in met['a'] + met['b']]}; {result.summary()}"  # type: ignore[attr-defined]
+    )
+    assert "hard" in roles["a"] and "easy" in roles["b"], roles
+    assert succeeded["a"] or succeeded["b"], "no attempt succeeded"
+    assert mesh.ping("a", "b"), mesh.diagnostics()
+    assert mesh.path_kind("a", "b") == "direct" and mesh.path_kind("b", "a") == "direct"
+    assert not result.lost, result.summary()
+    assert mesh.stop_agent("a") == 0, mesh.agent_log("a")[-3000:]
+    assert mesh.stop_agent("b") == 0, mesh.agent_log("b")[-3000:]
+    for node in ("a", "b"):
+        print(mesh.verify(node))
