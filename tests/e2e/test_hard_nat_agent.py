@@ -13,6 +13,8 @@ logs verify afterwards.
 
 from __future__ import annotations
 
+import os
+import statistics
 import time
 
 import pytest
@@ -30,29 +32,50 @@ def _events(mesh: Mesh, node: str, kind: str) -> list[object]:
         return [e for _s, _st, e in node_events(log, node) if kind == e.TYPE]
 
 
+TRIES = int(os.environ.get("NATRELAY_E2E_HARDNAT_TRIES", "2"))
+
+
 def test_agents_punch_a_random_port_symmetric_nat_and_upgrade_without_loss(mesh_factory) -> None:
     """Kills an agent that ignores StartHardNatAttempt (the pair stays relayed), a hard side
     that lets WireGuard send from its own port (b's NAT drops it: no handshake on the found
-    path), and any attempt that costs a ping."""
-    mesh = mesh_factory("symmetric", "preserving")
+    path), and any attempt that costs a ping. NATRELAY_E2E_HARDNAT_TRIES sets the number of
+    tries (fresh topologies; default 2, BENCHMARKS.md has 20)."""
+    outcomes = []
+    for _ in range(TRIES):
+        outcomes.append(_one_try(mesh_factory("symmetric", "preserving")))
+    direct = [o for o in outcomes if o["direct"]]
+    to_direct = sorted(float(o["to_direct"]) for o in direct)
+    print(
+        f"hard NAT with real agents, {TRIES} tries: {len(direct)} direct; attempt start -> direct "
+        f"median {statistics.median(to_direct) if to_direct else float('nan'):.2f} s, "
+        f"max {max(to_direct, default=float('nan')):.2f} s; probes {[o['probes'] for o in outcomes]}; "
+        f"pings lost {sum(int(o['lost']) for o in outcomes)} of {sum(int(o['sent']) for o in outcomes)}"
+    )
+    assert len(direct) == TRIES
+
+
+def _one_try(mesh: Mesh) -> dict[str, object]:
     mesh.policy = {"hard_nat_enabled": True}
     mesh.settings["data_plane"] = "shared"
     mesh.start_agent("a")
     mesh.start_agent("b")
     mesh.wait_path("relay", 40)
     ping = PingRecorder(mesh.topo.peers["a"].ns, mesh.topo.peers["b"].tunnel_ip).start()
-    relayed_at = time.monotonic()
     took = mesh.wait_path("direct", 90)
     time.sleep(4)
     result = ping.stop()
     started = {n: _events(mesh, n, "hard_nat_attempt_started") for n in ("a", "b")}
     succeeded = {n: _events(mesh, n, "hard_nat_attempt_succeeded") for n in ("a", "b")}
     met = {n: _events(mesh, n, "hard_nat_pair_met") for n in ("a", "b")}
+    upgraded = {n: _events(mesh, n, "path_upgraded") for n in ("a", "b")}
     roles = {n: [e.role for e in started[n]] for n in ("a", "b")}  # type: ignore[attr-defined]
+    first_start = min(e.at for n in ("a", "b") for e in started[n])  # type: ignore[attr-defined]
+    last_upgrade = max(e.at for n in ("a", "b") for e in upgraded[n])  # type: ignore[attr-defined]
+    probes = sum(e.probes_sent for n in ("a", "b") for e in met[n])  # type: ignore[attr-defined]
     print(
-        f"hard NAT: direct {took:.1f} s after relayed ({time.monotonic() - relayed_at:.1f} s in all); "
-        f"attempts a {roles['a']}, b {roles['b']}; met a {len(met['a'])}, b {len(met['b'])}; "
-        f"probes {[e.probes_sent for e in met['a'] + met['b']]}; {result.summary()}"  # type: ignore[attr-defined]
+        f"hard NAT: direct {took:.1f} s after relayed, {(last_upgrade - first_start) / 1000:.2f} s after "
+        f"the first attempt started; attempts a {roles['a']}, b {roles['b']}; probes {probes}; "
+        f"{result.summary()}"
     )
     assert "hard" in roles["a"] and "easy" in roles["b"], roles
     assert succeeded["a"] or succeeded["b"], "no attempt succeeded"
@@ -63,3 +86,11 @@ def test_agents_punch_a_random_port_symmetric_nat_and_upgrade_without_loss(mesh_
     assert mesh.stop_agent("b") == 0, mesh.agent_log("b")[-3000:]
     for node in ("a", "b"):
         print(mesh.verify(node))
+    mesh.topo.teardown()
+    return {
+        "direct": True,
+        "to_direct": (last_upgrade - first_start) / 1000,
+        "probes": probes,
+        "lost": len(result.lost),
+        "sent": result.sent,
+    }
