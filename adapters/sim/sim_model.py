@@ -27,11 +27,8 @@ HEALTH_EVERY_MS = 30_000
 RELAY_DOWN_DETECTION_MS = 15_000
 #: A TURN connect to a dead relay fails after this long.
 RELAY_CONNECT_FAIL_MS = 3_000
-#: The agent's persistent keepalive (agent_config default, 1 s): a live path receives
-#: something every interval, and the agent reports PathSilent after three silent
-#: intervals plus a second of slack (`Agent.silence_limit_ms`).
-KEEPALIVE_MS = 1_000
-PATH_SILENT_MS = 3 * KEEPALIVE_MS + 1_000
+#: When the agent reports a dead path (PathSilent) is `adapters.liveness`: the data plane's
+#: heartbeat for a direct path with traffic (2.5 s), the counter watch otherwise (4-5 s).
 #: What a direct probe of a peer whose path works costs the data plane:
 #: "hitless": the probe goes beside the live path (a second socket or a disco-style ping);
 #: "blackout": today's agent, which points WireGuard at the candidate, so the live path is
@@ -150,6 +147,7 @@ class SimPeer:
         "nat",
         "nat_name",
         "plane",
+        "plane_since",
         "plane_token",
         "port",
         "present",
@@ -178,6 +176,8 @@ class SimPeer:
         #: What the data plane uses: ("direct", endpoint) or ("relay", relay id), or None.
         self.plane: tuple[str, str] | None = None
         self.plane_token = 0
+        #: When the data plane was last pointed at `plane` (the agent's silence clocks start there).
+        self.plane_since = 0
         #: Where the data plane pointed before a blacking-out probe moved it (see PROBE_COSTS).
         self.probe_saved: tuple[str, str] | None = None
         #: Bumped when the agent learns of a dead path another way (a TURN error): no PathSilent then.

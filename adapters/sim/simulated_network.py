@@ -28,12 +28,12 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from natrelay.adapters.liveness import counter_silence_at_ms, heartbeat_dead_at_ms
 from natrelay.adapters.sim.nat_model import NAT_TYPES, NatBehaviour, hairpin_works, punch
 from natrelay.adapters.sim.scenario import PeerSpec, Scenario
 from natrelay.adapters.sim.sim_handlers import NetworkHandlers
 from natrelay.adapters.sim.sim_model import (
     MAX_HANDSHAKE_TRIES,
-    PATH_SILENT_MS,
     PROBE_COSTS,
     REKEY_AFTER_MS,
     REKEY_TIMEOUT_MS,
@@ -258,14 +258,22 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
                 acc.recoveries.append(acc.recovery_ms)
                 acc.recovering = False
         elif was_working and peer.present and not self.oracle:
-            # the agent sees the receive counter stand still (keepalives stop arriving)
-            self._later(now + PATH_SILENT_MS, "silent", (peer.key, peer.plane_token, peer.silence_gen))
+            self._schedule_silence(peer, now)
         if acc.working and acc.first_path_at is None:
             acc.first_path_at = now
         if acc.direct_possible and acc.first_direct_possible_at is None:
             acc.first_direct_possible_at = now
         if acc.working and not acc.relayed and acc.first_direct_at is None:
             acc.first_direct_at = now
+
+    def _schedule_silence(self, peer: SimPeer, died_at: int) -> None:
+        """The agent will notice the dead path as `adapters.liveness` says: with the shared data
+        plane (hitless probes) a direct path's heartbeat, else the receive-counter watch."""
+        if peer.plane is not None and peer.plane[0] == "direct" and self.probe_cost == "hitless":
+            at, silent = heartbeat_dead_at_ms(died_at, peer.plane_since)
+        else:
+            at, silent = counter_silence_at_ms(died_at, peer.plane_since)
+        self._later(at, "silent", (peer.key, peer.plane_token, peer.silence_gen, silent))
 
     def network_changed(self, peer: SimPeer, now: int) -> None:
         """A change of the network left the peer's path dead: a recovery starts (see Account)."""
@@ -282,6 +290,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
             return
         peer.plane = plane
         peer.plane_token += 1
+        peer.plane_since = now
         if plane is not None:
             self._later(now + REKEY_AFTER_MS, "renew", (peer.key, peer.plane_token))
         self._update(peer, now)
