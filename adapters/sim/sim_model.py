@@ -36,6 +36,22 @@ RELAY_CONNECT_FAIL_MS = 3_000
 PROBE_COSTS = ("hitless", "blackout")
 
 
+def handshake_lost(seed: int, index: int, anchor: int, slot: int, loss: float) -> bool:
+    """Whether a handshake try of peer `index` in REKEY_TIMEOUT slot `slot` after `anchor` is lost.
+
+    WireGuard sends one initiation per peer per REKEY_TIMEOUT (wireguard-go
+    `SendHandshakeInitiation` returns early within 5 s of the last one, whatever the
+    endpoint), so a lost initiation or response costs every agent 5 s, the oracle too.
+    The fate is a hash of the slot, counted from `anchor` (when a path last became
+    possible after a network change: the world's truth, the same in every run), not a
+    draw from a stream each run consumes differently: every run that tries in the same
+    slot meets the same loss, and the oracle, which tries from the anchor on, is never
+    unluckier than a policy (it stays the bound).
+    """
+    digest = hashlib.blake2b(f"{seed}/handshake/{index}/{anchor}/{slot}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 >= (1.0 - loss) ** 2
+
+
 def peer_key(seed: int, vantage: int, index: int) -> str:
     """A deterministic WireGuard-shaped public key for a simulated peer."""
     digest = hashlib.blake2b(f"{seed}/{vantage}/{index}".encode(), digest_size=32).digest()
@@ -143,6 +159,7 @@ class SimPeer:
         "lan",
         "lan_addr",
         "loss",
+        "loss_anchor",
         "name",
         "nat",
         "nat_name",
@@ -171,6 +188,8 @@ class SimPeer:
         self.stale: str | None = None
         self.rtt_ms = 50
         self.loss = 0.0
+        #: When a path last became possible after a network change (see `handshake_lost`).
+        self.loss_anchor = 0
         self.present = False
         self.awake = True
         #: What the data plane uses: ("direct", endpoint) or ("relay", relay id), or None.

@@ -41,6 +41,7 @@ from natrelay.adapters.sim.sim_model import (
     Account,
     Relay,
     SimPeer,
+    handshake_lost,
     peer_key,
 )
 from natrelay.adapters.sim.sim_oracle import OracleStrategy
@@ -240,10 +241,12 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
         acc = peer.account
         acc.advance(now)
         live = peer.present and peer.awake
-        was_working = acc.working
+        was_working, was_possible = acc.working, acc.possible
         acc.present = peer.present
         acc.direct_possible = live and bool(self.working_endpoints(peer))
         acc.possible = acc.direct_possible or (live and any(r.up for r in self.relays.values()))
+        if acc.possible and not was_possible:
+            peer.loss_anchor = now
         acc.working = self._plane_works(peer)
         acc.on_plane = peer.plane is not None
         acc.relayed = acc.working and peer.plane is not None and peer.plane[0] == "relay"
@@ -278,6 +281,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
     def network_changed(self, peer: SimPeer, now: int) -> None:
         """A change of the network left the peer's path dead: a recovery starts (see Account)."""
         self._update(peer, now)
+        peer.loss_anchor = now
         acc = peer.account
         live = peer.present and peer.awake
         if live and not acc.working and acc.first_path_at is not None and not acc.recovering:
@@ -318,12 +322,15 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
                     self._close_session(peer, relay.id, now)
             self._set_plane(peer, None, now)
 
-    def _handshake_ms(self, peer: SimPeer, rtt: int) -> int | None:
-        """Time to complete a handshake over a lossy link, or None if every try is lost."""
-        survive = (1.0 - peer.loss) ** 2
-        draw = self._loss_rng[peer.key]
+    def _handshake_ms(self, peer: SimPeer, rtt: int, now: int) -> int | None:
+        """Time to complete a handshake started now over a lossy link, or None if every try is
+        lost: a lost try is retried REKEY_TIMEOUT later (`sim_model.handshake_lost`)."""
+        if not peer.loss:
+            return rtt
         for attempt in range(MAX_HANDSHAKE_TRIES):
-            if draw.random() < survive:
+            at = now + attempt * REKEY_TIMEOUT_MS
+            slot = (at - peer.loss_anchor) // REKEY_TIMEOUT_MS
+            if not handshake_lost(self.seed, peer.index, peer.loss_anchor, slot, peer.loss):
                 return rtt + attempt * REKEY_TIMEOUT_MS
         return None
 
@@ -363,7 +370,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
             survive = (1.0 - peer.loss) ** 2
             took = peer.rtt_ms if self._loss_rng[peer.key].random() < survive else None
         else:
-            took = self._handshake_ms(peer, peer.rtt_ms)
+            took = self._handshake_ms(peer, peer.rtt_ms, now)
         if took is None or now + took > command.deadline:
             return
         self._later(now + took, "handshake", (peer.key, reached, peer.plane_token, False))
@@ -384,7 +391,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
             return
         draw = self._loss_rng[peer.key]
         # the first handshake through the relay still crosses the peer's lossy link
-        handshake = self._handshake_ms(peer, relay.setup_ms())
+        handshake = self._handshake_ms(peer, relay.setup_ms(), now)
         if handshake is None:
             return
         took = handshake

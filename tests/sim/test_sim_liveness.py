@@ -15,6 +15,7 @@ from natrelay.adapters.mesh.path_proxy import PathProxy
 from natrelay.adapters.mesh.shared_plane import SharedPlane
 from natrelay.adapters.sim.run import run_policy
 from natrelay.adapters.sim.scenario import EventSpec, PeerSpec, RelaySpec, Scenario
+from natrelay.adapters.sim.sim_model import handshake_lost
 from natrelay.core.events import PathSilent
 from natrelay.core.presets import preset
 from natrelay.eventlog import EventLog
@@ -87,3 +88,23 @@ def test_the_agents_numbers_are_the_shared_ones(plane: type) -> None:
         agent.silence_limit_ms = lambda a=agent: Observing.silence_limit_ms(a)
         assert Observing.silence_limit_ms(agent) == liveness.silence_limit_ms(keepalive)
         assert Observing.silence_check_ms(agent) == liveness.silence_check_ms(keepalive)
+
+
+def test_a_lost_handshake_costs_the_oracle_wireguards_retry_too() -> None:
+    """Kills an oracle that resends a lost handshake at once (mutation: the oracle's relay setup
+    without `_handshake_ms` -> its ttfp 0.12 s, and natrelay 'beats' the bound by 5 s): WireGuard
+    sends one initiation per peer per REKEY_TIMEOUT, so no agent can. Seed 8 loses slot 0 of the
+    peer's first handshake and not slot 1 (`sim_model.handshake_lost`), for every run alike."""
+    assert handshake_lost(8, 0, 0, 0, 0.3) and not handshake_lost(8, 0, 0, 1, 0.3)
+    blocked = PeerSpec(name="blocked", nat="udp_blocked", rtt_ms=50, loss=0.3)
+    scenario = Scenario(
+        name="tiny",
+        duration_ms=60_000,
+        local_nats=("port_restricted_cone",),
+        relays=(RelaySpec("r1", rtt_ms=40),),
+        peer_list=(blocked,),
+    )
+    oracle = run_policy(scenario, None, seed=8)
+    assert oracle.ttfp_p50_s == pytest.approx(5.12)  # setup 3 x 40 ms, after one lost try
+    natrelay = run_policy(scenario, preset("natrelay"), seed=8)
+    assert natrelay.ttfp_p50_s == pytest.approx(5.12)
