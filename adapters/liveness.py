@@ -11,6 +11,8 @@ one level up, and both read them:
   marks the path alive; nothing received for `HEARTBEAT_AFTER_S` sends pings every
   `HEARTBEAT_EVERY_S` (a pong counts as received); `DEAD_AFTER_S` of silence
   reports the path dead (`data_plane._dead`: `PathSilent`, direct paths only);
+- a probe (`SharedPlane.probe`) pings every `PROBE_EVERY_S` until answered or its
+  time is up;
 - the agent's counter watch (`observe.Agent._watch_silence`), every path: the
   receive counters are read every `silence_check_ms`; a counter that stood still
   for `silence_limit_ms` (3 keepalives + 1 s) while the peer has been connected at
@@ -31,6 +33,9 @@ HEARTBEAT_EVERY_S = 0.4
 DEAD_AFTER_S = 2.5
 #: A peer is active (heartbeat on) while it sent data within this window (s).
 ACTIVE_WINDOW_S = 5.0
+#: A direct probe pings its endpoint this often until answered or its time is up (s):
+#: one lost ping costs this much, not the probe (`SharedPlane.probe`).
+PROBE_EVERY_S = 0.2
 
 
 def silence_limit_ms(keepalive_s: int = DEFAULT_KEEPALIVE_S) -> int:

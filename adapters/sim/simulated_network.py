@@ -28,7 +28,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from natrelay.adapters.liveness import counter_silence_at_ms, heartbeat_dead_at_ms
+from natrelay.adapters.liveness import PROBE_EVERY_S, counter_silence_at_ms, heartbeat_dead_at_ms
 from natrelay.adapters.sim.nat_model import NAT_TYPES, NatBehaviour, hairpin_works, punch
 from natrelay.adapters.sim.scenario import PeerSpec, Scenario
 from natrelay.adapters.sim.sim_handlers import NetworkHandlers
@@ -366,14 +366,28 @@ class SimNetwork(NetworkHandlers, OracleStrategy):
             return
         if self._plane_works(peer):
             # a WireGuard session is up (over the relay or another endpoint): the probe is an
-            # authenticated keepalive and its answer, one round trip, no new handshake
-            survive = (1.0 - peer.loss) ** 2
-            took = peer.rtt_ms if self._loss_rng[peer.key].random() < survive else None
+            # authenticated ping and its answer, one round trip, no new handshake
+            took = self._probe_ms(peer, now, command.deadline)
         else:
             took = self._handshake_ms(peer, peer.rtt_ms, now)
         if took is None or now + took > command.deadline:
             return
         self._later(now + took, "handshake", (peer.key, reached, peer.plane_token, False))
+
+    def _probe_ms(self, peer: SimPeer, now: int, deadline: int) -> int | None:
+        """Time to a probe's answer, or None: the shared data plane pings every PROBE_EVERY_S
+        until answered or the deadline; today's agent (blackout) has one try."""
+        survive = (1.0 - peer.loss) ** 2
+        draw = self._loss_rng[peer.key]
+        every = round(PROBE_EVERY_S * 1000)
+        sent = now
+        while sent + peer.rtt_ms <= deadline:
+            if draw.random() < survive:
+                return sent - now + peer.rtt_ms
+            if self.probe_cost != "hitless":
+                return None
+            sent += every
+        return None
 
     def _connect_relay(self, peer: SimPeer, command: ConnectViaRelay, now: int) -> None:
         relay = self.relays.get(command.relay)

@@ -16,6 +16,7 @@ from natrelay.adapters.mesh.shared_plane import SharedPlane
 from natrelay.adapters.sim.run import run_policy
 from natrelay.adapters.sim.scenario import EventSpec, PeerSpec, RelaySpec, Scenario
 from natrelay.adapters.sim.sim_model import handshake_lost
+from natrelay.adapters.sim.simulated_network import SimNetwork
 from natrelay.core.events import PathSilent
 from natrelay.core.presets import preset
 from natrelay.eventlog import EventLog
@@ -80,6 +81,7 @@ def test_the_agents_numbers_are_the_shared_ones(plane: type) -> None:
     assert defaults["dead_after"] == liveness.DEAD_AFTER_S
     assert defaults["heartbeat_after"] == liveness.HEARTBEAT_AFTER_S
     assert defaults["heartbeat_every"] == liveness.HEARTBEAT_EVERY_S
+    assert defaults["probe_every"] == liveness.PROBE_EVERY_S
     if plane is SharedPlane:
         assert defaults["sample_every"] == liveness.SAMPLE_EVERY_S
         assert defaults["active_window"] == liveness.ACTIVE_WINDOW_S
@@ -108,3 +110,29 @@ def test_a_lost_handshake_costs_the_oracle_wireguards_retry_too() -> None:
     assert oracle.ttfp_p50_s == pytest.approx(5.12)  # setup 3 x 40 ms, after one lost try
     natrelay = run_policy(scenario, preset("natrelay"), seed=8)
     assert natrelay.ttfp_p50_s == pytest.approx(5.12)
+
+
+class _Draws:
+    def __init__(self, *values: float) -> None:
+        self.values = list(values)
+
+    def random(self) -> float:
+        return self.values.pop(0)
+
+
+@pytest.mark.parametrize(("probe_cost", "expected"), [("hitless", 200 + 60), ("blackout", None)])
+def test_a_lost_ping_costs_a_probe_one_ping_interval(probe_cost: str, expected: int | None) -> None:
+    """Kills a probe that fails at its first lost ping (mutation: return None after the first
+    lost ping in `_probe_ms` -> hitless None): the shared plane pings every 0.2 s until answered;
+    today's agent (blackout) points WireGuard at the candidate once."""
+    scenario = Scenario(
+        name="tiny",
+        duration_ms=60_000,
+        local_nats=("port_restricted_cone",),
+        relays=(RelaySpec("r1", rtt_ms=40),),
+        peer_list=(PeerSpec(name="cone", nat="full_cone", rtt_ms=60, loss=0.1),),
+    )
+    network = SimNetwork(scenario, seed=1, probe_cost=probe_cost)
+    peer = network.by_name["cone"]
+    network._loss_rng[peer.key] = _Draws(0.99, 0.0)  # type: ignore[assignment]
+    assert network._probe_ms(peer, 10_000, 11_000) == expected
