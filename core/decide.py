@@ -71,6 +71,7 @@ def decide(engine: Engine, observation: Event) -> Reaction:
     if reason is None and type(observation) is PeerRemoved:
         releasing = held_relays(engine.peers[observation.peer])
     engine._freed = set()
+    engine._moved = reason is None and moved_candidates(engine, observation)
     evolve(engine, observation)
     engine._decisions, engine._commands = [], list(releasing)
     if reason is not None:
@@ -83,6 +84,7 @@ def decide(engine: Engine, observation: Event) -> Reaction:
         serve_waiting(engine)
     reaction = Reaction(tuple(engine._decisions), tuple(engine._commands))
     engine._decisions, engine._commands = [], []
+    engine._moved = False
     return reaction
 
 
@@ -120,6 +122,36 @@ def held_relays(record: PeerRecord) -> tuple[CloseRelaySession, ...]:
 def react_to_peer(engine: Engine, event: Any) -> None:
     """A fact about one peer (added, candidates, a timeout, a failed session): decide what is due."""
     advance(engine, engine.peers[event.peer])
+
+
+def moved_candidates(engine: Engine, observation: Event) -> bool:
+    """The observation reports candidates a known peer did not have (it moved, or woke elsewhere)."""
+    if type(observation) is not CandidatesUpdated:
+        return False
+    record = engine.peers.get(observation.peer)
+    return record is not None and record.candidates != observation.candidates
+
+
+def react_candidates(engine: Engine, event: CandidatesUpdated) -> None:
+    """New candidates: probe them (the fold made the round due); a relay connect in flight is
+    started again, on the next relay by rank: it was set up while the peer was elsewhere (a
+    sleeping peer's relay connect is never answered; a TURN session binds the peer's old relayed
+    address), so it would only time out (issue 13: a peer that woke waited out that connect and
+    then relay_retry_ms, 15.6 s)."""
+    record = engine.peers[event.peer]
+    pending = record.relay_pending
+    if engine._moved and pending is not None and record.state == lc.RELAY_ELIGIBLE:
+        emit(
+            engine,
+            RelayAbandoned(
+                at=engine.now,
+                peer=record.key,
+                relay=pending,
+                reason="the peer reported new candidates: the connect in flight was set up before",
+            ),
+            CloseRelaySession(peer=record.key, relay=pending),
+        )
+    advance(engine, record)
 
 
 def react_peer_removed(engine: Engine, event: PeerRemoved) -> None:
@@ -324,7 +356,7 @@ def _record_key(record: PeerRecord) -> str:
 REACTIONS: dict[type, Callable[[Engine, Any], None]] = {
     PeerAdded: react_to_peer,
     PeerRemoved: react_peer_removed,
-    CandidatesUpdated: react_to_peer,
+    CandidatesUpdated: react_candidates,
     HandshakeObserved: react_handshake,
     DirectAttemptTimedOut: react_to_peer,
     RelayAnnounced: react_relay_announced,

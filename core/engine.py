@@ -71,6 +71,8 @@ class Engine(State):
         self._commands: list[Command] = []
         #: Peers whose relay retry a just-announced relay makes due (see decide.py).
         self._retry_relays_now: set[str] = set()
+        #: The observation being decided reports new candidates of its peer (see decide.py).
+        self._moved = False
 
     # the Decider: fold, decide
     apply = evolve.evolve

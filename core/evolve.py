@@ -231,10 +231,20 @@ def fold_local_addresses(state: State, event: LocalAddressesChanged) -> None:
 
 
 def _try_again_now(record: PeerRecord, at: int) -> None:
-    """A peer's direct round is due now; a connected peer probes at once, beside its live path."""
+    """A peer's direct round is due now; a connected peer probes at once, beside its live path.
+
+    A peer waiting to retry its relays retries them now too, and the relays that failed it
+    are forgotten: its connects went unanswered while it (or we) had no network, and the
+    change says that may be over (issue 13: a peer waking on a UDP-blocked network reported
+    its candidates 5 s after waking and still waited 10 s for the relay retry). A connect
+    in flight is started again by `decide.react_candidates`.
+    """
     if record.state in (lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
         if record.next_round_at is None or record.next_round_at > at:
             record.next_round_at = at
+        record.relays_failed = ()
+        if record.relay_pending is None and record.relay_retry_at is not None and record.relay_retry_at > at:
+            record.relay_retry_at = at
     elif record.state in lc.CONNECTED_STATES:
         record.probes_done = 0
         record.next_probe_at = at

@@ -52,6 +52,7 @@ from typing import Any
 
 import attrs
 
+from natrelay.adapters import liveness as lv
 from natrelay.adapters.mesh.turn_relay import TurnCredentials, TurnError, TurnServer
 from natrelay.adapters.node import DEFAULT_SNAPSHOT_EVERY
 from natrelay.adapters.policy_file import PolicyFileError, load_policy
@@ -107,7 +108,7 @@ class AgentConfig:
     peers: tuple[PeerSpec, ...]
     relays: tuple[RelaySpec, ...]
     policy: Policy
-    persistent_keepalive: int = 1
+    persistent_keepalive: int = lv.DEFAULT_KEEPALIVE_S
     advertise_reflexive: bool = True
     extra_candidates: tuple[str, ...] = ()
     advertise_host: bool = True

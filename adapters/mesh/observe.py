@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from natrelay.adapters import liveness as lv
 from natrelay.adapters.mesh import data_plane as dp
 from natrelay.adapters.mesh import intake
 from natrelay.adapters.mesh.rendezvous import latest_relay_address
@@ -218,7 +219,7 @@ class Observing:
         A path is declared silent at most this long after the limit (the counter's last
         change is known to within one reading).
         """
-        return max(250, self.silence_limit_ms() // 4)
+        return lv.silence_check_ms(self.config.persistent_keepalive)
 
     # ---- observing ---------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ class Observing:
 
     def silence_limit_ms(self: Agent) -> int:
         """Nothing received for three keepalive intervals (plus slack): the path is dead."""
-        return 3 * self.config.persistent_keepalive * 1000 + 1000
+        return lv.silence_limit_ms(self.config.persistent_keepalive)
 
     def _watch_silence(self: Agent, peer: str, rx_bytes: int) -> None:
         """Report PathSilent once when a connected peer's receive counter stops moving.

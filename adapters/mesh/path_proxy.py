@@ -51,6 +51,7 @@ from typing import Any
 
 import attrs
 
+from natrelay.adapters import liveness as lv
 from natrelay.adapters.mesh import probes as pr
 from natrelay.adapters.mesh.probing import Addr, Probing
 
@@ -136,11 +137,11 @@ class PathProxy(Probing):
     #: (peer) when the peer asks through the relay to be probed back now.
     on_call: Callable[[str], None] | None = None
     bind_host: str = "0.0.0.0"
-    active_window: float = 5.0
-    heartbeat_after: float = 0.8
-    heartbeat_every: float = 0.4
-    dead_after: float = 2.5
-    probe_every: float = 0.2
+    active_window: float = lv.ACTIVE_WINDOW_S
+    heartbeat_after: float = lv.HEARTBEAT_AFTER_S
+    heartbeat_every: float = lv.HEARTBEAT_EVERY_S
+    dead_after: float = lv.DEAD_AFTER_S
+    probe_every: float = lv.PROBE_EVERY_S
 
     _loop: asyncio.AbstractEventLoop | None = None
     _public: socket.socket | None = None

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from natrelay.adapters import liveness as lv
 from natrelay.adapters.mesh import probes as pr
 from natrelay.adapters.mesh.path_proxy import Addr, fmt, parse_addr
 from natrelay.adapters.mesh.probing import Probing
@@ -114,12 +115,12 @@ class SharedPlane(Probing):
     on_answer: Callable[[str, Addr, float, Addr | None], None] | None = None
     on_dead: Callable[[str, float], None] | None = None
     on_call: Callable[[str], None] | None = None
-    active_window: float = 5.0
-    heartbeat_after: float = 0.8
-    heartbeat_every: float = 0.4
-    dead_after: float = 2.5
-    probe_every: float = 0.2
-    sample_every: float = 0.1
+    active_window: float = lv.ACTIVE_WINDOW_S
+    heartbeat_after: float = lv.HEARTBEAT_AFTER_S
+    heartbeat_every: float = lv.HEARTBEAT_EVERY_S
+    dead_after: float = lv.DEAD_AFTER_S
+    probe_every: float = lv.PROBE_EVERY_S
+    sample_every: float = lv.SAMPLE_EVERY_S
     #: While no direct peer sends data, counters are read this seldom (an idle agent sleeps).
     idle_sample_every: float = 1.0
     #: How late the agent's shared reading may be before the idle plane reads on its own.

@@ -12,7 +12,6 @@ from __future__ import annotations
 from natrelay.adapters.sim.nat_model import NAT_TYPES, roaming_survives
 from natrelay.adapters.sim.sim_model import (
     HEALTH_EVERY_MS,
-    PATH_SILENT_MS,
     REKEY_AFTER_MS,
     RELAY_DOWN_DETECTION_MS,
 )
@@ -210,15 +209,15 @@ class NetworkHandlers:
         )
         self._later(at + HEALTH_EVERY_MS, "health", relay_id)
 
-    def _on_silent(self, at: int, payload: tuple[str, int, int]) -> None:
-        """The agent's receive counter stood still for PATH_SILENT_MS: it reports PathSilent."""
-        key, token, gen = payload
+    def _on_silent(self, at: int, payload: tuple[str, int, int, int]) -> None:
+        """The agent's silence rule (`adapters.liveness`) fired: it reports PathSilent."""
+        key, token, gen, silent = payload
         peer = self.peers[key]
         if peer.plane_token != token or peer.silence_gen != gen or not peer.present:
             return
         if peer.plane is None or self._plane_works(peer):
             return
-        self._emit(PathSilent(at=at, peer=key, silent_ms=PATH_SILENT_MS))
+        self._emit(PathSilent(at=at, peer=key, silent_ms=silent))
 
     def _on_probe_over(self, at: int, payload: tuple[str, int]) -> None:
         """A blacking-out probe timed out: the agent points WireGuard back at the live path."""

@@ -27,16 +27,29 @@ HEALTH_EVERY_MS = 30_000
 RELAY_DOWN_DETECTION_MS = 15_000
 #: A TURN connect to a dead relay fails after this long.
 RELAY_CONNECT_FAIL_MS = 3_000
-#: The agent's persistent keepalive (agent_config default, 1 s): a live path receives
-#: something every interval, and the agent reports PathSilent after three silent
-#: intervals plus a second of slack (`Agent.silence_limit_ms`).
-KEEPALIVE_MS = 1_000
-PATH_SILENT_MS = 3 * KEEPALIVE_MS + 1_000
+#: When the agent reports a dead path (PathSilent) is `adapters.liveness`: the data plane's
+#: heartbeat for a direct path with traffic (2.5 s), the counter watch otherwise (4-5 s).
 #: What a direct probe of a peer whose path works costs the data plane:
 #: "hitless": the probe goes beside the live path (a second socket or a disco-style ping);
 #: "blackout": today's agent, which points WireGuard at the candidate, so the live path is
 #: dark until the probe answers or its attempt times out.
 PROBE_COSTS = ("hitless", "blackout")
+
+
+def handshake_lost(seed: int, index: int, anchor: int, slot: int, loss: float) -> bool:
+    """Whether a handshake try of peer `index` in REKEY_TIMEOUT slot `slot` after `anchor` is lost.
+
+    WireGuard sends one initiation per peer per REKEY_TIMEOUT (wireguard-go
+    `SendHandshakeInitiation` returns early within 5 s of the last one, whatever the
+    endpoint), so a lost initiation or response costs every agent 5 s, the oracle too.
+    The fate is a hash of the slot, counted from `anchor` (when a path last became
+    possible after a network change: the world's truth, the same in every run), not a
+    draw from a stream each run consumes differently: every run that tries in the same
+    slot meets the same loss, and the oracle, which tries from the anchor on, is never
+    unluckier than a policy (it stays the bound).
+    """
+    digest = hashlib.blake2b(f"{seed}/handshake/{index}/{anchor}/{slot}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 >= (1.0 - loss) ** 2
 
 
 def peer_key(seed: int, vantage: int, index: int) -> str:
@@ -164,10 +177,12 @@ class SimPeer:
         "lan",
         "lan_addr",
         "loss",
+        "loss_anchor",
         "name",
         "nat",
         "nat_name",
         "plane",
+        "plane_since",
         "plane_token",
         "port",
         "present",
@@ -191,11 +206,15 @@ class SimPeer:
         self.stale: str | None = None
         self.rtt_ms = 50
         self.loss = 0.0
+        #: When a path last became possible after a network change (see `handshake_lost`).
+        self.loss_anchor = 0
         self.present = False
         self.awake = True
         #: What the data plane uses: ("direct", endpoint) or ("relay", relay id), or None.
         self.plane: tuple[str, str] | None = None
         self.plane_token = 0
+        #: When the data plane was last pointed at `plane` (the agent's silence clocks start there).
+        self.plane_since = 0
         #: Where the data plane pointed before a blacking-out probe moved it (see PROBE_COSTS).
         self.probe_saved: tuple[str, str] | None = None
         #: Bumped when the agent learns of a dead path another way (a TURN error): no PathSilent then.

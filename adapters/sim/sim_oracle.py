@@ -5,8 +5,11 @@ part of `SimNetwork` (`simulated_network`) that, with `oracle=True`, puts every
 peer on its best working path as soon as physics allows, with no engine:
 
 - it knows the truth at once (no candidate report delay, no silence to wait
-  out), and a handshake costs one round trip (it is never lost: a sender that
-  knew the loss would simply send again at once), a relay session its setup;
+  out), and a handshake costs one round trip, a relay session its setup; a lost
+  handshake costs it WireGuard's 5 s retry like any agent (WireGuard sends one
+  initiation per peer per REKEY_TIMEOUT, whatever the endpoint: no sender can
+  resend sooner), with the same fate as every run's try in that slot
+  (`sim_model.handshake_lost`);
 - direct is best; a peer with no direct path takes the best relay with room;
 - it never overbooks a relay: a slot is reserved while a session is set up;
   a peer that finds every relay full waits in line and gets the first slot that
@@ -60,18 +63,26 @@ class OracleStrategy:
             return
         self._oracle_waiting.pop(key, None)
         if best[0] == "direct":
+            took = peer.rtt_ms
             if not works:
                 self._oracle_release(peer, at)
+                took = self._handshake_ms(peer, peer.rtt_ms, at)
                 bridge = self.best_relay(key) if self.oracle_bridge else None
                 if bridge is not None and bridge.setup_ms() < peer.rtt_ms:
-                    bridge.reserved.add(key)
-                    self._later(at + bridge.setup_ms(), "oracle_set", (key, ("relay", bridge.id), generation))
-            self._later(at + peer.rtt_ms, "oracle_set", (key, best, generation))
+                    bridged = self._handshake_ms(peer, bridge.setup_ms(), at)
+                    if bridged is not None:
+                        bridge.reserved.add(key)
+                        self._later(at + bridged, "oracle_set", (key, ("relay", bridge.id), generation))
+            if took is not None:
+                self._later(at + took, "oracle_set", (key, best, generation))
         else:
             assert relay is not None
             self._oracle_release(peer, at)
+            setup = self._handshake_ms(peer, relay.setup_ms(), at)
+            if setup is None:
+                return  # every try lost (a 90 s outage of the peer's link): as for any agent
             relay.reserved.add(key)
-            self._later(at + relay.setup_ms(), "oracle_set", (key, best, generation))
+            self._later(at + setup, "oracle_set", (key, best, generation))
 
     def _oracle_unreserve(self, key: str) -> None:
         for relay in self.relays.values():

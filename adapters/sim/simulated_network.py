@@ -28,13 +28,13 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from natrelay.adapters.liveness import PROBE_EVERY_S, counter_silence_at_ms, heartbeat_dead_at_ms
 from natrelay.adapters.sim.nat_model import NAT_TYPES, NatBehaviour, hairpin_works, hard_pairing, punch
 from natrelay.adapters.sim.scenario import PeerSpec, Scenario
 from natrelay.adapters.sim.sim_handlers import NetworkHandlers
 from natrelay.adapters.sim.sim_hard_nat import HardNatSim
 from natrelay.adapters.sim.sim_model import (
     MAX_HANDSHAKE_TRIES,
-    PATH_SILENT_MS,
     PROBE_COSTS,
     REKEY_AFTER_MS,
     REKEY_TIMEOUT_MS,
@@ -42,6 +42,7 @@ from natrelay.adapters.sim.sim_model import (
     Account,
     Relay,
     SimPeer,
+    handshake_lost,
     peer_key,
 )
 from natrelay.adapters.sim.sim_oracle import OracleStrategy
@@ -244,10 +245,12 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
         acc = peer.account
         acc.advance(now)
         live = peer.present and peer.awake
-        was_working = acc.working
+        was_working, was_possible = acc.working, acc.possible
         acc.present = peer.present
         acc.direct_possible = live and bool(self.working_endpoints(peer))
         acc.possible = acc.direct_possible or (live and any(r.up for r in self.relays.values()))
+        if acc.possible and not was_possible:
+            peer.loss_anchor = now
         acc.working = self._plane_works(peer)
         acc.on_plane = peer.plane is not None
         acc.relayed = acc.working and peer.plane is not None and peer.plane[0] == "relay"
@@ -262,8 +265,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
                 acc.recoveries.append(acc.recovery_ms)
                 acc.recovering = False
         elif was_working and peer.present and not self.oracle:
-            # the agent sees the receive counter stand still (keepalives stop arriving)
-            self._later(now + PATH_SILENT_MS, "silent", (peer.key, peer.plane_token, peer.silence_gen))
+            self._schedule_silence(peer, now)
         if acc.working and acc.first_path_at is None:
             acc.first_path_at = now
         if acc.direct_possible and acc.first_direct_possible_at is None:
@@ -280,9 +282,19 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
         ):
             acc.hard_direct_at = now
 
+    def _schedule_silence(self, peer: SimPeer, died_at: int) -> None:
+        """The agent will notice the dead path as `adapters.liveness` says: with the shared data
+        plane (hitless probes) a direct path's heartbeat, else the receive-counter watch."""
+        if peer.plane is not None and peer.plane[0] == "direct" and self.probe_cost == "hitless":
+            at, silent = heartbeat_dead_at_ms(died_at, peer.plane_since)
+        else:
+            at, silent = counter_silence_at_ms(died_at, peer.plane_since)
+        self._later(at, "silent", (peer.key, peer.plane_token, peer.silence_gen, silent))
+
     def network_changed(self, peer: SimPeer, now: int) -> None:
         """A change of the network left the peer's path dead: a recovery starts (see Account)."""
         self._update(peer, now)
+        peer.loss_anchor = now
         acc = peer.account
         live = peer.present and peer.awake
         if live and not acc.working and acc.first_path_at is not None and not acc.recovering:
@@ -295,6 +307,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
             return
         peer.plane = plane
         peer.plane_token += 1
+        peer.plane_since = now
         if plane is not None:
             self._later(now + REKEY_AFTER_MS, "renew", (peer.key, peer.plane_token))
         self._update(peer, now)
@@ -326,12 +339,15 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
                     self._close_session(peer, relay.id, now)
             self._set_plane(peer, None, now)
 
-    def _handshake_ms(self, peer: SimPeer, rtt: int) -> int | None:
-        """Time to complete a handshake over a lossy link, or None if every try is lost."""
-        survive = (1.0 - peer.loss) ** 2
-        draw = self._loss_rng[peer.key]
+    def _handshake_ms(self, peer: SimPeer, rtt: int, now: int) -> int | None:
+        """Time to complete a handshake started now over a lossy link, or None if every try is
+        lost: a lost try is retried REKEY_TIMEOUT later (`sim_model.handshake_lost`)."""
+        if not peer.loss:
+            return rtt
         for attempt in range(MAX_HANDSHAKE_TRIES):
-            if draw.random() < survive:
+            at = now + attempt * REKEY_TIMEOUT_MS
+            slot = (at - peer.loss_anchor) // REKEY_TIMEOUT_MS
+            if not handshake_lost(self.seed, peer.index, peer.loss_anchor, slot, peer.loss):
                 return rtt + attempt * REKEY_TIMEOUT_MS
         return None
 
@@ -367,14 +383,28 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
             return
         if self._plane_works(peer):
             # a WireGuard session is up (over the relay or another endpoint): the probe is an
-            # authenticated keepalive and its answer, one round trip, no new handshake
-            survive = (1.0 - peer.loss) ** 2
-            took = peer.rtt_ms if self._loss_rng[peer.key].random() < survive else None
+            # authenticated ping and its answer, one round trip, no new handshake
+            took = self._probe_ms(peer, now, command.deadline)
         else:
-            took = self._handshake_ms(peer, peer.rtt_ms)
+            took = self._handshake_ms(peer, peer.rtt_ms, now)
         if took is None or now + took > command.deadline:
             return
         self._later(now + took, "handshake", (peer.key, reached, peer.plane_token, False))
+
+    def _probe_ms(self, peer: SimPeer, now: int, deadline: int) -> int | None:
+        """Time to a probe's answer, or None: the shared data plane pings every PROBE_EVERY_S
+        until answered or the deadline; today's agent (blackout) has one try."""
+        survive = (1.0 - peer.loss) ** 2
+        draw = self._loss_rng[peer.key]
+        every = round(PROBE_EVERY_S * 1000)
+        sent = now
+        while sent + peer.rtt_ms <= deadline:
+            if draw.random() < survive:
+                return sent - now + peer.rtt_ms
+            if self.probe_cost != "hitless":
+                return None
+            sent += every
+        return None
 
     def _connect_relay(self, peer: SimPeer, command: ConnectViaRelay, now: int) -> None:
         relay = self.relays.get(command.relay)
@@ -392,7 +422,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
             return
         draw = self._loss_rng[peer.key]
         # the first handshake through the relay still crosses the peer's lossy link
-        handshake = self._handshake_ms(peer, relay.setup_ms())
+        handshake = self._handshake_ms(peer, relay.setup_ms(), now)
         if handshake is None:
             return
         took = handshake

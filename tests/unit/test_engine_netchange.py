@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from natrelay.core import lifecycle as lc
-from natrelay.core.commands import ConnectViaRelay, TryDirectEndpoint
+from natrelay.core.commands import CloseRelaySession, ConnectViaRelay, TryDirectEndpoint
 from natrelay.core.engine import Engine
 from natrelay.core.events import (
     CandidatesUpdated,
@@ -95,3 +95,37 @@ def test_a_probe_round_outlived_by_its_lost_direct_path_fails_in_pending_and_the
     assert connect is not None and connect.purpose == "connect"
     assert connect.attempt == probe_round.attempt + 1
     assert d.engine.attempts.attempts(P) == 0  # a failed probe round is no failed connect
+
+
+def test_a_peer_that_reports_new_candidates_retries_its_relays_at_once() -> None:
+    """Kills waiting out relay_retry_ms after a peer's unanswered relay connects when the peer
+    reports from a new network (mutation: `_try_again_now` without the relay retry -> no
+    ConnectViaRelay, the peer waits 10 s more; mesh seed 7: a recovery of 14.6 s)."""
+    d = Driver(policy(min_direct_attempts=0, relay_connect_timeout_ms=6_000, relay_retry_ms=10_000))
+    d.feed(RelayAnnounced(at=0, relay="eu", region="eu", capacity=10))
+    d.feed(PeerAdded(at=0, peer=P, candidates=(A,)))
+    d.until(6_000)  # the connect went unanswered (the peer is away): abandoned, retry at 16 s
+    record = d.engine.peers[P]
+    assert record.relay_pending is None and record.relay_retry_at == 16_000
+    reaction = d.feed(CandidatesUpdated(at=7_000, peer=P, candidates=(NEW,)))
+    assert ConnectViaRelay(peer=P, relay="eu", deadline=13_000) in reaction.commands
+
+
+def test_a_relay_connect_in_flight_starts_again_when_the_peer_reports_new_candidates() -> None:
+    """Kills waiting out a connect set up while the peer was elsewhere (mutation: no abandon in
+    `react_candidates` -> no ConnectViaRelay until the deadline, then relay_retry_ms; wake with a
+    75 s sleep, seed 7: 18 recoveries of 15.6 s). A repeated report moves nothing."""
+    d = Driver(policy(min_direct_attempts=0, relay_connect_timeout_ms=6_000))
+    d.feed(RelayAnnounced(at=0, relay="eu", region="eu", capacity=10))
+    d.feed(RelayAnnounced(at=0, relay="us", region="us", capacity=10))
+    first = [
+        c for c in d.feed(PeerAdded(at=0, peer=P, candidates=(A,))).commands if isinstance(c, ConnectViaRelay)
+    ]
+    assert len(first) == 1
+    same = d.feed(CandidatesUpdated(at=1_000, peer=P, candidates=(A,)))
+    assert not [c for c in same.commands if isinstance(c, (ConnectViaRelay, CloseRelaySession))]
+    moved = d.feed(CandidatesUpdated(at=2_000, peer=P, candidates=(NEW,)))
+    assert "relay_abandoned" in [e.TYPE for e in moved.decisions]
+    assert CloseRelaySession(peer=P, relay=first[0].relay) in moved.commands
+    again = [c for c in moved.commands if isinstance(c, ConnectViaRelay)]
+    assert len(again) == 1 and again[0].relay != first[0].relay and again[0].deadline == 8_000

@@ -209,10 +209,11 @@ class DecisionOracle:
             peer = self.peers[e.peer]
             if e.candidates != peer.candidates:
                 peer.candidates = e.candidates
-                if peer.state in (TRYING, ELIGIBLE) and (
-                    peer.next_round_at is None or peer.next_round_at > e.at
-                ):
-                    peer.next_round_at = e.at
+                if peer.state in (TRYING, ELIGIBLE):
+                    # the peer moved: the relays that failed it are tried again (issue 13)
+                    peer.relays_failed = ()
+                    if peer.next_round_at is None or peer.next_round_at > e.at:
+                        peer.next_round_at = e.at
         elif kind == "handshake_observed" and e.endpoint is not None:
             self._cache_refresh(self.peers[e.peer], e.endpoint, e.at)
         elif kind == "relay_announced":
