@@ -84,7 +84,6 @@ class HardSide:
 
     _socks: list[socket.socket] = attrs.field(factory=list)
     _met: asyncio.Future[tuple[int, Addr]] | None = None
-    _pending: pr.PendingPings = attrs.field(factory=pr.PendingPings)
     sent: int = 0
 
     async def run(self) -> tuple[PunchOutcome, socket.socket | None]:
@@ -127,7 +126,6 @@ class HardSide:
                 if sock is None:
                     continue
                 txid = pr.new_txid()
-                self._pending.add(txid, self.peer, self.target, time.monotonic())
                 try:
                     sock.sendto(pr.encode(pr.PING, self.me, self.key, txid), self.target)
                     self.sent += 1
@@ -148,19 +146,18 @@ class HardSide:
             except OSError:
                 return
             probe = self._authenticated(data)
-            if probe is None:
+            if probe is None or probe.kind != pr.PING or self._met is None or self._met.done():
+                # Only the easy side's ping decides, and only once: a pong to one of our
+                # pings, or a second socket answering, could name another pair than the one
+                # the easy side met (its meeting is our pong), and the two would disagree.
                 continue
-            if probe.kind == pr.PING:
-                # The easy side's spray came through: answer from this very socket.
-                pong = pr.encode(pr.PONG, self.me, self.key, probe.txid, observed=addr)
-                try:
-                    sock.sendto(pong, addr)
-                except OSError:
-                    continue
-            elif probe.kind == pr.PONG and self._pending.answer(probe, self.target, time.monotonic()) is None:
-                continue  # a pong to no ping of ours
-            if self._met is not None and not self._met.done():
-                self._met.set_result((index, addr))
+            # The easy side's spray came through: answer from this very socket, and it is ours.
+            pong = pr.encode(pr.PONG, self.me, self.key, probe.txid, observed=addr)
+            try:
+                sock.sendto(pong, addr)
+            except OSError:
+                continue
+            self._met.set_result((index, addr))
             return
 
     def _authenticated(self, data: bytes) -> pr.Probe | None:
