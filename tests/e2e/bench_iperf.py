@@ -2,6 +2,12 @@
 
     python tests/e2e/bench_iperf.py direct [proxy|shared] [rounds]   # agent on a direct path, then plain
     python tests/e2e/bench_iperf.py relay [proxy|shared]             # through coturn (symmetric NATs)
+    python tests/e2e/bench_iperf.py hardnat shared                   # a punched path, then the relay
+
+Hard NAT: a behind --random-fully, b behind a port-preserving NAT; the agents punch (issue 16)
+and the tunnel runs over the punched socket (a's WireGuard through the agent's loopback port);
+then the same agents without hard-NAT attempts relay, and iperf3 runs again: both numbers of
+the run share the machine's load.
 
 Direct: each round starts the agents, waits for the direct path, runs iperf3 through it,
 stops the agents, points WireGuard at the same endpoints by hand and runs iperf3 again
@@ -66,10 +72,10 @@ t.start()
 t.add_relay("r1")
 t.add_relay("r2")
 nat = "symmetric" if kind == "relay" else "preserving"
-t.add_peer("a", nat)
+t.add_peer("a", "symmetric" if kind == "hardnat" else nat)
 t.add_peer("b", nat)
 m = Mesh(t)
-m.policy = {}
+m.policy = {"hard_nat_enabled": True} if kind == "hardnat" else {}
 m.settings["data_plane"] = plane
 ratios: list[float] = []
 try:
@@ -77,7 +83,7 @@ try:
     for _ in range(rounds if kind == "direct" else 1):
         m.start_agent("a")
         m.start_agent("b")
-        m.wait_path(kind, 60)
+        m.wait_path("direct" if kind == "hardnat" else kind, 60)
         time.sleep(1)
         print(
             f"WireGuard endpoints: a->b {m.peer_endpoint('a', 'b')}, b->a {m.peer_endpoint('b', 'a')}",
@@ -94,6 +100,16 @@ try:
         )
         m.stop_agent("a")
         m.stop_agent("b")
+        if kind == "hardnat":
+            m.policy = {}
+            m.start_agent("a")
+            m.start_agent("b")
+            m.wait_path("relay", 60)
+            time.sleep(1)
+            r2 = iperf(t)
+            print(f"the same pair relayed: {r2:.0f} Mbit/s; punched / relayed {r1 / r2:.2f}", flush=True)
+            m.stop_agent("a")
+            m.stop_agent("b")
         if kind != "direct":
             break
         plain_endpoints(t)
