@@ -19,7 +19,7 @@ Rules of this module:
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import lifecycle as lc
 from .commands import StartHardNatAttempt, StopHardNatAttempt
@@ -143,31 +143,18 @@ def maybe_start(engine: Engine, record: PeerRecord) -> bool:
         "from the easy side, "
         f"{policy.hard_nat_timeout_ms} ms"
     )
-    emit(
-        engine,
-        HardNatAttemptStarted(
-            at=now,
-            peer=key,
-            attempt=attempt,
-            role=role,
-            endpoint=endpoint,
-            sockets=sockets,
-            probes=probes,
-            rate_per_s=policy.hard_nat_probe_rate,
-            deadline=deadline,
-            reason=reason,
-        ),
-        StartHardNatAttempt(
-            peer=key,
-            attempt=attempt,
-            role=role,
-            endpoint=endpoint,
-            sockets=sockets,
-            probes=probes,
-            rate_per_s=policy.hard_nat_probe_rate,
-            deadline=deadline,
-        ),
-    )
+    # The decision and the data plane's command carry the same budget.
+    budget: dict[str, Any] = {
+        "peer": key,
+        "attempt": attempt,
+        "role": role,
+        "endpoint": endpoint,
+        "sockets": sockets,
+        "probes": probes,
+        "rate_per_s": policy.hard_nat_probe_rate,
+        "deadline": deadline,
+    }
+    emit(engine, HardNatAttemptStarted(at=now, reason=reason, **budget), StartHardNatAttempt(**budget))
     return True
 
 
