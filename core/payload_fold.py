@@ -34,6 +34,7 @@ from .checks import CHECKS, check_established, not_in_mesh
 from .direct_cache import DirectCache
 from .events import (
     DirectAttemptStarted,
+    DirectPathSelected,
     DirectRoundFailed,
     Event,
     HandshakeObserved,
@@ -41,19 +42,23 @@ from .events import (
     PeerAdded,
     RelayChosen,
     RelayEligibilityReached,
+    RelayPathSelected,
     RelaySessionEstablished,
     Tick,
 )
 from .evolve import (
     FOLDS,
     fold_attempt_started,
+    fold_direct_path,
     fold_eligible,
     fold_handshake,
     fold_peer_added,
     fold_relay_chosen,
+    fold_relay_path,
     fold_round_failed,
 )
 from .payload_rounds import PayloadFold
+from .relay_cache import RelayCache
 from .relay_registry import RelayRegistry
 from .state import State
 
@@ -90,6 +95,11 @@ MIRRORS: dict[type[Event], tuple[PlanShape, Callable[[State], PayloadFold]]] = {
     RelaySessionEstablished: ((check_established, (RelayRegistry,), None), relays.session_established),
     RelayEligibilityReached: ((None, (), fold_eligible), relays.eligible),
     RelayChosen: ((None, (), fold_relay_chosen), relays.relay_chosen),
+    RelayPathSelected: ((None, (RelayCache,), fold_relay_path), relays.relay_path),
+    DirectPathSelected: (
+        (None, (AttemptCounts._succeeded, DirectCache), fold_direct_path),
+        relays.direct_path,
+    ),
     PeerAdded: ((None, (), fold_peer_added), relays.peer_added),
     Tick: ((None, (), None), relays.time_only(())),
     ObservationRejected: ((None, (), None), relays.time_only(("observation", "peer", "reason"))),

@@ -1,5 +1,6 @@
-"""Payload folds of relay choice and membership: eligibility, a relay chosen, a session
-established, a peer added; and of the types nothing folds (a tick, a rejection).
+"""Payload folds of paths and membership: eligibility, a relay chosen, a session established,
+a relay or direct path selected, a peer added; and of the types nothing folds (a tick, a
+rejection).
 
 Each function here, bound to one state, folds one decoded payload dict exactly as
 `evolve` folds the event built from it (see `payload_fold`, which also says when they
@@ -14,7 +15,7 @@ from typing import Any
 
 from . import lifecycle as lc
 from .codec import Untrusted
-from .events import PeerAdded, RelayChosen, RelayEligibilityReached
+from .events import DirectPathSelected, PeerAdded, RelayChosen, RelayEligibilityReached, RelayPathSelected
 from .evolve import _MOVES, count_holds, holds
 from .payload_rounds import PayloadFold
 from .peers import PeerRecord
@@ -140,6 +141,116 @@ def relay_chosen(state: State) -> PayloadFold:
         record.relay_pending = relay
         record.relay_deadline = deadline
         record.relay_retry_at = None
+        after = holds(record)
+        if after != before:
+            count_holds(state, before, after)
+
+    return fold
+
+
+def relay_path(state: State) -> PayloadFold:
+    """`evolve` of a `RelayPathSelected`: the relay cache's session and count, then
+    `fold_relay_path`, counting the slot that moves from the connect to the session."""
+    peers = state.peers
+    relay_cache = state.relay_cache
+    moves = _MOVES[RelayPathSelected.TYPE]
+    trigger = lc.TRIGGER_OF_EVENT[RelayPathSelected.TYPE]
+
+    def fold(data: dict[str, Any]) -> None:
+        try:
+            at = data["at"]
+            peer = data["peer"]
+            reason = data["reason"]
+            relay = data["relay"]
+            session = data["session"]
+        except (KeyError, TypeError):
+            raise Untrusted from None
+        if not (
+            len(data) == 5
+            and type(at) is int
+            and type(peer) is str
+            and type(reason) is str
+            and type(relay) is str
+            and type(session) is str
+        ):
+            raise Untrusted
+        if at > state.now:
+            state.now = at
+        record = peers.get(peer)
+        before = holds(record)
+        entry = relay_cache._peer(peer)
+        entry.relay, entry.session, entry.since = relay, session, at
+        entry.count(relay, 0)
+        if record is None:
+            raise KeyError(peer)  # what `fold_relay_path` raises
+        current = record.state
+        moved = moves.get(current)
+        if moved is None:
+            raise lc.InvalidTransition(current, trigger)
+        if moved != current:
+            record.state = moved
+            record.since = at
+        record.path, record.session = relay, session
+        record.last_handshake_at = at
+        record.relay_pending = record.relay_deadline = record.relay_retry_at = None
+        record.next_round_at = None
+        record.probes_done = 0
+        policy = state.policy
+        record.next_probe_at = at if policy.upgrade_probe_on_relay else at + policy.probe_gap_ms(0)
+        after = holds(record)
+        if after != before:
+            count_holds(state, before, after)
+
+    return fold
+
+
+def direct_path(state: State) -> PayloadFold:
+    """`evolve` of a `DirectPathSelected`: the peer's round and failures forgotten, the
+    direct cache's success, then `fold_direct_path`, counting the slot a connect frees."""
+    peers = state.peers
+    attempts = state.attempts
+    record_success = state.direct_cache._record_success
+    moves = _MOVES[DirectPathSelected.TYPE]
+    trigger = lc.TRIGGER_OF_EVENT[DirectPathSelected.TYPE]
+
+    def fold(data: dict[str, Any]) -> None:
+        try:
+            at = data["at"]
+            peer = data["peer"]
+            reason = data["reason"]
+            endpoint = data["endpoint"]
+        except (KeyError, TypeError):
+            raise Untrusted from None
+        if not (
+            len(data) == 4
+            and type(at) is int
+            and type(peer) is str
+            and type(reason) is str
+            and type(endpoint) is str
+        ):
+            raise Untrusted
+        if at > state.now:
+            state.now = at
+        record = peers.get(peer)
+        before = holds(record)
+        attempts.rounds.pop(peer, None)
+        attempts.failed.pop(peer, None)
+        record_success(peer, endpoint, at)
+        if record is None:
+            raise KeyError(peer)  # what `fold_direct_path` raises
+        current = record.state
+        moved = moves.get(current)
+        if moved is None:
+            raise lc.InvalidTransition(current, trigger)
+        if moved != current:
+            record.state = moved
+            record.since = at
+        record.path, record.session = endpoint, None
+        record.last_handshake_at = at
+        record.relay_pending = record.relay_deadline = record.relay_retry_at = None
+        record.relays_failed = ()
+        record.next_round_at = record.next_probe_at = None
+        record.probes_done = 0
         after = holds(record)
         if after != before:
             count_holds(state, before, after)

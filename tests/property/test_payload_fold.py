@@ -264,7 +264,12 @@ def test_types_it_does_not_mirror_fold_from_their_events() -> None:
     is left to `evolve`, with nothing to write here."""
     folds = payload_folds(Engine())
     assert set(folds) == {kind.TYPE for kind in MIRRORS}
-    assert set(EVENT_TYPES) - set(folds) >= {"relay_path_selected", "path_lost", "direct_path_selected"}
+    assert set(EVENT_TYPES) - set(folds) >= {
+        "path_lost",
+        "path_upgraded",
+        "relay_session_failed",
+        "candidates_updated",
+    }
     assert all(version == EVENT_TYPES[name].VERSION for name, (version, _) in folds.items())
 
 
