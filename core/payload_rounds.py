@@ -23,8 +23,6 @@ from .state import State
 #: A payload fold bound to one state: folds one decoded payload, or raises `Untrusted`.
 PayloadFold = Callable[[dict[str, Any]], None]
 
-_is_str = str.__instancecheck__
-
 
 def attempt_started(state: State) -> PayloadFold:
     """`evolve` of a `DirectAttemptStarted`: the attempts round, then `fold_attempt_started`.
@@ -100,6 +98,7 @@ def round_failed(state: State) -> PayloadFold:
     failed_moves = _FAILED
     trigger = lc.TRIGGER_OF_EVENT[DirectRoundFailed.TYPE]
     direct_connected = lc.DIRECT_CONNECTED
+    join = "".join
     #: `policy.probe_gap_ms(n)` of the policy in force (a pure function of both): its power
     #: and float arithmetic cost more than the rest of the fold, for a handful of values of n
     probe_gaps: dict[int, int] = {}
@@ -113,6 +112,7 @@ def round_failed(state: State) -> PayloadFold:
             endpoints = data["endpoints"]
             purpose = data["purpose"]
             reason = data["reason"]
+            join(endpoints)  # every item a string (TypeError otherwise): 3x all(map(...))
         except (KeyError, TypeError):
             raise Untrusted from None
         if not (
@@ -121,7 +121,6 @@ def round_failed(state: State) -> PayloadFold:
             and type(peer) is str
             and type(attempt) is int
             and type(endpoints) is list
-            and all(map(_is_str, endpoints))
             and type(purpose) is str
             and type(reason) is str
         ):
