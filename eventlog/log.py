@@ -328,8 +328,8 @@ class EventLog:
         """Pages of (seq, type, schema_version, payload) rows in seq order: what a fold reads.
 
         Replay's hot path (`replay.rebuild`): the narrow select leaves out the stream, the
-        versions and the times (the event's `at` is in its payload), and the caller decodes
-        each row itself with `records.TRUSTED_BUILDERS`, falling back to `decode_trusted`.
+        versions and the times (the event's `at` is in its payload), and the caller folds
+        each row itself (`core.payload_fold`, `records.FOLD_BUILDERS`, `decode_trusted`).
         When the streams asked for are every stream of the log (a node's own log), the pages
         are read up to the seq that was last when that was checked, without the stream
         filter: a few index seeks instead of a test of every row.
