@@ -78,11 +78,13 @@ def payload_folds(state: State) -> dict[str, tuple[int, PayloadFold]]:
 
 
 def plan_shape(state: State, kind: type) -> PlanShape:
-    """What `evolve.plan` composes for `kind` on `state` (see `PlanShape`)."""
+    """What `evolve.plan` composes for `kind` on `state` (see `PlanShape`). The projections
+    are every attribute of the state that declares the types it folds (`HANDLES`): one
+    added to the state later counts without a change here."""
     handlers = tuple(
         ATTEMPT_HANDLERS.get(kind) if isinstance(projection, AttemptCounts) else type(projection)
-        for projection in (state.attempts, state.direct_cache, state.relay_cache, state.registry)
-        if kind in projection.HANDLES
+        for projection in vars(state).values()
+        if kind in getattr(type(projection), "HANDLES", ())
     )
     return CHECKS.get(kind), handlers, FOLDS.get(kind)
 

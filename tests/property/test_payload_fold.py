@@ -294,6 +294,20 @@ def test_a_changed_plan_folds_from_its_events(tmp_path: Path, monkeypatch: pytes
     assert calls["handshake_observed"] == handshakes > 0
 
 
+def test_a_projection_added_to_the_state_leaves_its_types_to_the_event_fold() -> None:
+    """A new projection (another worker's, on the state) handling a mirrored type: that type
+    folds from its events, where `evolve.plan` runs the new projection too."""
+
+    class Slots:
+        HANDLES = frozenset({E.RelayChosen, E.PeerRemoved})
+
+    engine = Engine()
+    engine.slots_book = Slots()  # type: ignore[attr-defined]
+    folds = payload_folds(engine)
+    assert "relay_chosen" not in folds
+    assert set(folds) == {kind.TYPE for kind in MIRRORS} - {"relay_chosen"}
+
+
 # ------------------------------------------------------------------ untrusted payloads
 
 
