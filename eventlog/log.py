@@ -32,6 +32,8 @@ Clock = Callable[[], int]
 #: Rows fetched per keyset page: large enough to amortise the query, small
 #: enough that memory stays constant.
 PAGE_SIZE = 4096
+#: Above every code point: `prefix + _TOP` sorts after every stream starting with `prefix`.
+_TOP = "\U0010ffff"
 
 
 #: Stream versions remembered between appends, at most (then the cache starts over).
@@ -243,6 +245,23 @@ class EventLog:
         )
         return found
 
+    def _all_streams_among(self, streams: Collection[str], prefixes: Collection[str]) -> bool:
+        """Every stream of the log is one of `streams` or starts with one of `prefixes`.
+
+        A walk over the stream index in byte order: one seek per stream named and per
+        prefix, jumping over everything under a prefix, stopping at the first stream outside.
+        """
+        exact = set(streams)
+        current = self.next_stream("", inclusive=True)
+        while current is not None:
+            if current not in exact:
+                under = [prefix for prefix in prefixes if current.startswith(prefix)]
+                if not under:
+                    return False
+                current = max(current, max(under, key=len) + _TOP)
+            current = self.next_stream(current)
+        return True
+
     def load_snapshot(self, name: str, at_or_before_seq: int | None = None) -> Snapshot | None:
         """The newest snapshot `name` at or before the given seq, or None."""
         self._check_open()
@@ -309,9 +328,17 @@ class EventLog:
         """Pages of (seq, type, schema_version, payload) rows in seq order: what a fold reads.
 
         Replay's hot path (`replay.rebuild`): the narrow select leaves out the stream, the
-        versions and the times (the event's `at` is in its payload), and the caller decodes
-        each row itself with `records.TRUSTED_BUILDERS`, falling back to `decode_trusted`.
+        versions and the times (the event's `at` is in its payload), and the caller folds
+        each row itself (`core.payload_fold`, `records.FOLD_BUILDERS`, `decode_trusted`).
+        When the streams asked for are every stream of the log (a node's own log), the pages
+        are read up to the seq that was last when that was checked, without the stream
+        filter: a few index seeks instead of a test of every row.
         """
+        if streams is not None or stream_prefixes is not None:
+            last = self.last_seq()
+            if self._all_streams_among(streams or (), stream_prefixes or ()):
+                streams = stream_prefixes = None
+                to_seq = last if to_seq is None else min(to_seq, last)
         pages = self._pages(from_seq, to_seq, streams, stream_prefixes, None, FOLD_COLUMNS)
         return cast(Iterator[list[tuple[int, str, int, bytes]]], pages)
 
