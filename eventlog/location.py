@@ -59,6 +59,8 @@ def describe(url: URL) -> str:
 
 
 def _create_sqlite_file(path: str, create: bool) -> None:
+    if os.path.isdir(path):
+        raise LogNotFound(f"no natrelay log at {path}: it is a directory, not a log file")
     if os.path.exists(path):
         return
     if not create:

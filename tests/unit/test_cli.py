@@ -96,12 +96,15 @@ def test_replay_verify_reports_the_seq_of_a_forged_decision(tmp_path: Path, demo
         (("status", "nosuchdb://x"), "natrelay: "),
         (("explain", "{log}", "nobody"), "no peer 'nobody' in this log"),
         (("status", "{log}", "--node", "mars"), "node 'mars' has no events"),
+        # a directory where a log file should be (was a SQLAlchemy traceback)
+        (("replay", "{dir}"), "it is a directory, not a log file"),
+        (("status", "{dir}"), "it is a directory, not a log file"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_code_2(
     demo_log: Path, args: tuple[str, ...], message: str
 ) -> None:
-    result = natrelay(*(a.format(log=demo_log) for a in args))
+    result = natrelay(*(a.format(log=demo_log, dir=demo_log.parent) for a in args))
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
