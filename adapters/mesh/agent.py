@@ -272,6 +272,8 @@ class Agent(Starting, Observing):
     # ---- commands ----------------------------------------------------------------------
 
     def execute(self, command: Command) -> None:
+        if isinstance(command, SwitchPath) and command.relay is not None:
+            dp.watch_rendezvous_now(self)
         if self.proxy is not None and dp.execute(self, command):
             return
         if isinstance(command, TryDirectEndpoint):
