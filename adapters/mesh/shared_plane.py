@@ -222,10 +222,13 @@ class SharedPlane(Probing):
         except Exception as exc:  # WireGuardError, UapiError: the next pong tries again
             log.error("pointing WireGuard back to %s failed: %s", fmt(link.direct), exc)
 
-    def _wireguard_endpoint(self, addr: Addr) -> str:
+    def _wireguard_addr(self, addr: Addr) -> Addr:
         """Where WireGuard sends to reach ``addr``: there, or a punched path's loopback port."""
         punched = self.hard_nat.punched.get(addr) if self.hard_nat is not None else None
-        return fmt(addr) if punched is None else punched.local_endpoint
+        return addr if punched is None else parse_addr(punched.local_endpoint)
+
+    def _wireguard_endpoint(self, addr: Addr) -> str:
+        return fmt(self._wireguard_addr(addr))
 
     def use_direct(self, peer: str, addr: Addr) -> None:
         link = self._links[peer]
@@ -388,7 +391,7 @@ class SharedPlane(Probing):
                 continue
             if link.tx_bytes >= 0 and seen.tx_bytes - link.tx_bytes > KEEPALIVE_BYTES:
                 link.last_tx_data = now
-            expected = parse_addr(self._wireguard_endpoint(link.direct))
+            expected = self._wireguard_addr(link.direct)  # the heartbeat's path: no format round trip
             on_direct = seen.endpoint is not None and parse_addr(seen.endpoint) == expected
             link.roamed = None if on_direct else seen.endpoint
             if link.rx_bytes >= 0 and seen.rx_bytes != link.rx_bytes and on_direct:
