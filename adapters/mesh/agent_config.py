@@ -327,7 +327,10 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
             raise ConfigError(
                 f"{source}: relays[{i}].id: expected an id not used before, got {relay_id!r} again"
             )
-    policy_table = _table(data.get("policy", {}), f"{source}: policy")
+    data_plane = data.get("data_plane", DEFAULT_DATA_PLANE)
+    if data_plane not in DATA_PLANES:
+        raise _fail(f"{source}: data_plane", " or ".join(DATA_PLANES), data_plane)
+    policy_table = _hard_nat_default(_table(data.get("policy", {}), f"{source}: policy"), data_plane, source)
     try:
         policy = Policy.from_dict(policy_table)
     except (v.InvalidValue, TypeError, ValueError) as exc:
@@ -346,9 +349,6 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         if not isinstance(flag, bool):
             raise _fail(f"{source}: {key}", "true or false", flag)
         flags[key] = flag
-    data_plane = data.get("data_plane", DEFAULT_DATA_PLANE)
-    if data_plane not in DATA_PLANES:
-        raise _fail(f"{source}: data_plane", " or ".join(DATA_PLANES), data_plane)
     listen_port = data.get("listen_port", 51820)
     if type(listen_port) is not int or not 1 <= listen_port <= 65535:
         raise _fail(f"{source}: listen_port", "a UDP port in 1-65535", listen_port)
@@ -371,6 +371,20 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         advertise_reflexive=advertise,
         extra_candidates=_endpoints(data.get("candidates", []), f"{source}: candidates"),
     )
+
+
+def _hard_nat_default(table: dict[str, Any], data_plane: str, source: str) -> dict[str, Any]:
+    """Hard-NAT attempts (issue 16) are on by default where the data plane carries them out
+    (`shared`, the default), off elsewhere; asking for them on another plane is an error,
+    since every attempt would only spend its budget and time out."""
+    if "hard_nat_enabled" not in table:
+        return {**table, "hard_nat_enabled": data_plane == "shared"}
+    if table["hard_nat_enabled"] is True and data_plane != "shared":
+        raise ConfigError(
+            f"{source}: policy.hard_nat_enabled: only data_plane = \"shared\" carries a hard-NAT "
+            f"attempt out, and data_plane is {data_plane!r}"
+        )
+    return table
 
 
 def _policy_file(data: dict[str, Any], source: str) -> Policy:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 
 from natrelay.adapters.sim.birthday import PortRules, TimedNat, run_attempt
+from natrelay.adapters.sim.nat_model import hard_pairing
 from natrelay.adapters.sim.sim_model import SimPeer
 from natrelay.core.commands import StartHardNatAttempt
 from natrelay.core.events import HardNatPairMet
@@ -25,6 +26,13 @@ LOCAL_IP = "37.255.255.1"
 
 class HardNatSim:
     """`SimNetwork`'s part that executes hard-NAT attempts."""
+
+    def birthday_reachable(self, peer: SimPeer) -> bool:
+        """Does a direct path exist that only a birthday punch opens? The world's truth, the
+        same in every run (the metrics count it as a direct path that existed; the oracle
+        takes it): a hard pairing (`nat_model.hard_pairing`) of two live hosts not on one LAN.
+        Whether a policy finds it is the policy's business."""
+        return peer.present and peer.awake and not peer.lan and hard_pairing(self.local, peer.nat)  # type: ignore[attr-defined]
 
     def _start_hard_nat(self, peer: SimPeer, command: StartHardNatAttempt, now: int) -> None:
         acc = peer.account

@@ -11,6 +11,12 @@ peer on its best working path as soon as physics allows, with no engine:
   resend sooner), with the same fate as every run's try in that slot
   (`sim_model.handshake_lost`);
 - direct is best; a peer with no direct path takes the best relay with room;
+- a hard pairing (issue 16: a symmetric NAT against a port-restricted cone, a
+  firewall or another symmetric NAT) is direct too: the oracle knows which port
+  the symmetric NAT maps next, so one packet each way opens the pair, a round
+  trip like any punch (`birthday_endpoint`). No agent knows that port (a birthday
+  punch guesses it: docs/hard-nat.md), so no policy goes direct sooner, and the
+  bound holds for every policy, with or without hard-NAT attempts;
 - it never overbooks a relay: a slot is reserved while a session is set up;
   a peer that finds every relay full waits in line and gets the first slot that
   frees (a session closed, a relay back up), so it never gives up on a relay;
@@ -26,6 +32,12 @@ from __future__ import annotations
 from natrelay.adapters.sim.sim_model import SimPeer
 
 Plane = tuple[str, str]
+
+
+def birthday_endpoint(peer: SimPeer) -> str:
+    """The oracle's direct path to a hard-paired peer: valid while the peer keeps the public
+    address and port it has now (a rebinding or a new network asks for a new punch)."""
+    return f"birthday:{peer.public_ip}:{peer.port}"
 
 
 class OracleStrategy:

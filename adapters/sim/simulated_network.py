@@ -45,7 +45,7 @@ from natrelay.adapters.sim.sim_model import (
     handshake_lost,
     peer_key,
 )
-from natrelay.adapters.sim.sim_oracle import OracleStrategy
+from natrelay.adapters.sim.sim_oracle import OracleStrategy, birthday_endpoint
 from natrelay.core.commands import (
     CloseRelaySession,
     Command,
@@ -223,6 +223,8 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
             return (peer.lan_addr, peer.reflexive) if hairpin_works(self.local) else (peer.lan_addr,)
         result = punch(self.local, peer.nat)
         if not result.works:
+            if self.oracle:
+                return (birthday_endpoint(peer),) if self.birthday_reachable(peer) else ()
             found = peer.hard_endpoint  # a hard-NAT attempt's pair, while both keep their mappings
             return (found,) if found is not None and peer.hard_where == (peer.public_ip, peer.port) else ()
         return (peer.reflexive,) if result.peer_endpoint == "reflexive" else (peer.dedicated,)
@@ -247,7 +249,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
         live = peer.present and peer.awake
         was_working, was_possible = acc.working, acc.possible
         acc.present = peer.present
-        acc.direct_possible = live and bool(self.working_endpoints(peer))
+        acc.direct_possible = live and (bool(self.working_endpoints(peer)) or self.birthday_reachable(peer))
         acc.possible = acc.direct_possible or (live and any(r.up for r in self.relays.values()))
         if acc.possible and not was_possible:
             peer.loss_anchor = now

@@ -67,6 +67,9 @@ def test_relayed_pair_loses_nothing_to_upgrade_probes(mesh_factory, data_plane: 
 
 def test_upgrade_to_a_new_direct_path_loses_nothing(mesh_factory, data_plane: str) -> None:
     mesh = _default_policy(mesh_factory("preserving", "symmetric"), data_plane)
+    # The upgrade under test is the one b's new NAT opens, not a birthday punch (issue 16, in
+    # tests/e2e/test_hard_nat_agent.py), which would otherwise find a direct path first.
+    mesh.policy = {"hard_nat_enabled": False}
     mesh.start_agent("a")
     mesh.start_agent("b")
     mesh.wait_path("relay", 40)

@@ -65,6 +65,11 @@ BAD_CONFIGS = [
     (MINIMAL + '[credentials]\npassword = "hunter2"\n', "unknown key 'password'", "passwords never go here"),
     (MINIMAL + "[policy]\nmin_direct_attempts = -1\n", "policy", "expected an integer >= 0"),
     (MINIMAL + "[policy]\nflavour = 1\n", "policy", "unknown policy fields: flavour"),
+    (
+        MINIMAL + 'data_plane = "proxy"\n[policy]\nhard_nat_enabled = true\n',
+        "policy.hard_nat_enabled",
+        'only data_plane = "shared" carries',
+    ),
     ('node = "a"\npeers = [\n', "agent.toml", "Invalid value"),  # not TOML at all
 ]
 
@@ -81,6 +86,17 @@ def test_a_config_error_names_the_file_the_key_and_what_was_expected(
     assert message.startswith(f"{path}: ")
     assert key in message and expected in message
     assert "hunter2" not in message
+
+
+def test_hard_nat_attempts_are_on_by_default_only_where_the_data_plane_carries_them(tmp_path: Path) -> None:
+    """Kills an agent that never tries a hard NAT unless told (issue 16: on by default, a knob
+    turns it off), and one that spends attempts a proxy or endpoint plane cannot carry out."""
+    path = tmp_path / "agent.toml"
+    expected = {"": True, 'data_plane = "shared"\n': True, 'data_plane = "proxy"\n': False}
+    expected |= {'data_plane = "endpoint"\n': False, "[policy]\nhard_nat_enabled = false\n": False}
+    for extra, enabled in expected.items():
+        path.write_text(MINIMAL + extra)
+        assert load_config(path).policy.hard_nat_enabled is enabled, extra
 
 
 def test_the_agent_command_reports_a_config_error_in_one_line(tmp_path: Path) -> None:

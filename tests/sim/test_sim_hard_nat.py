@@ -158,14 +158,19 @@ def test_symmetric_against_symmetric_spends_only_the_budget(tmp_path: Path) -> N
     assert max(per_peer.values()) <= HARDNAT.hard_nat_max_attempts
 
 
-def test_pairs_a_plain_punch_opens_get_no_attempt_and_presets_make_none() -> None:
+def test_pairs_a_plain_punch_opens_get_no_attempt_and_only_natrelay_attempts_by_default() -> None:
     """Kills: an attempt made with the knob off (a plain-punch pairing never stays relayed
-    here; tests/unit/test_hard_nat_engine.py proves the engine never tries one)."""
+    here; tests/unit/test_hard_nat_engine.py proves the engine never tries one), and a default
+    that does not attempt (natrelay's preset has `hard_nat_enabled` on; the anchors never try)."""
     assert not hard_pairing(NAT_TYPES["restricted_cone"], NAT_TYPES["symmetric"])
     opened = _run("restricted_cone", "symmetric", peers=20)
     assert (opened.hard_pairs, opened.hard_attempts) == (0, 0)
-    off = run_policy(_scenario("symmetric", "port_restricted_cone", 20), preset("natrelay"), seed=7)
+    hard = _scenario("symmetric", "port_restricted_cone", 20)
+    off = run_policy(hard, attrs.evolve(preset("natrelay"), hard_nat_enabled=False), seed=7)
     assert (off.hard_pairs, off.hard_attempts, off.hard_direct_share) == (20, 0, 0.0)
+    assert run_policy(hard, preset("natrelay"), seed=7).hard_direct_share > 0.9
+    for anchor in ("innernet", "formnet", "netbird", "tailscale"):
+        assert run_policy(hard, preset(anchor), seed=7).hard_attempts == 0
 
 
 def test_a_hard_nat_log_replays_and_verifies(tmp_path: Path) -> None:
