@@ -381,7 +381,7 @@ def _hard_nat_default(table: dict[str, Any], data_plane: str, source: str) -> di
         return {**table, "hard_nat_enabled": data_plane == "shared"}
     if table["hard_nat_enabled"] is True and data_plane != "shared":
         raise ConfigError(
-            f"{source}: policy.hard_nat_enabled: only data_plane = \"shared\" carries a hard-NAT "
+            f'{source}: policy.hard_nat_enabled: only data_plane = "shared" carries a hard-NAT '
             f"attempt out, and data_plane is {data_plane!r}"
         )
     return table
