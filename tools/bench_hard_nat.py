@@ -39,7 +39,7 @@ def run_pairing(local: str, remote: str, allocation: str, peers: int, seed: int)
         duration_ms=300_000,
         ports=attrs.evolve(base.ports, allocation=allocation),  # type: ignore[arg-type]
     )
-    policy = attrs.evolve(preset("natrelay"), hard_nat_enabled=True, name="natrelay-hardnat")
+    policy = preset("natrelay")  # hard-NAT attempts are on in natrelay's default
     return run_policy(scenario, policy, seed=seed)
 
 

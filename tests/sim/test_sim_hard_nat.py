@@ -11,11 +11,14 @@ mutations that proved them are in the commit message.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from pathlib import Path
 
 import attrs
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from natrelay.adapters.sim.birthday import PortRules, TimedNat, run_attempt
 from natrelay.adapters.sim.metrics import RunMetrics
@@ -26,8 +29,9 @@ from natrelay.core.events import HardNatAttemptFailed, HardNatAttemptStarted, Ha
 from natrelay.core.presets import preset
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import node_events, verify
+from natrelay.tools.cli.cmd_simulate import register
 
-HARDNAT = attrs.evolve(preset("natrelay"), hard_nat_enabled=True, name="natrelay-hardnat")
+HARDNAT = preset("natrelay")  # attempts on: natrelay's default
 
 
 def _scenario(local: str, remote: str, peers: int = 60, allocation: str = "random") -> Scenario:
@@ -211,3 +215,22 @@ def test_the_pair_found_is_at_the_endpoints_the_engine_knows(tmp_path: Path) -> 
                 assert endpoint == target
             else:
                 assert endpoint.rpartition(":")[0] == target.rpartition(":")[0] and endpoint != target
+
+
+def test_simulate_no_hard_nat_adds_a_row_without_attempts(tmp_path: Path) -> None:
+    """Kills a `--no-hard-nat` that is ignored (no contrast row, or attempts in it) and a
+    natrelay row that does not attempt by default."""
+    app = typer.Typer()
+    register(app)
+
+    @app.command()
+    def other() -> None:  # a second command keeps typer from flattening `simulate`
+        pass
+
+    args = ["simulate", "--compare", "--no-hard-nat", "--json", "--scenario", "hardnat", "--peers", "12"]
+    args += ["--duration", "120", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)["policies"]}
+    assert rows["natrelay-no-hardnat"]["hard_attempts"] == 0
+    assert rows["natrelay"]["hard_attempts"] > 0

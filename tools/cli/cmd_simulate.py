@@ -229,13 +229,14 @@ def register(app: typer.Typer) -> None:
             ),
         ] = "hitless",
         hard_nat: Annotated[
-            bool,
+            bool | None,
             typer.Option(
-                "--hard-nat",
-                help="Turn on hard-NAT (birthday) attempts: for the main run's policy, or with "
-                "--compare as an extra row natrelay-hardnat (docs/hard-nat.md).",
+                "--hard-nat/--no-hard-nat",
+                help="Hard-NAT (birthday) attempts on or off for the main run's policy (natrelay's "
+                "default: on). With --compare, --no-hard-nat adds a row natrelay-no-hardnat beside "
+                "natrelay's, to show what the attempts bring (docs/hard-nat.md).",
             ),
-        ] = False,
+        ] = None,
         list_builtins: Annotated[
             bool, typer.Option("--list", help="List the built-in scenarios and exit.")
         ] = False,
@@ -253,10 +254,12 @@ def register(app: typer.Typer) -> None:
             chosen = [preset(name) for name in PRESETS] if compare else [load_policy(policy)]
         except ValueError as exc:  # PolicyFileError too: it names the file and the key
             raise typer.BadParameter(str(exc), param_hint="--policy") from None
-        if hard_nat and compare:
-            chosen.append(attrs.evolve(preset("natrelay"), hard_nat_enabled=True, name="natrelay-hardnat"))
-        elif hard_nat:
-            chosen = [attrs.evolve(chosen[0], hard_nat_enabled=True, name=f"{chosen[0].name}-hardnat")]
+        if hard_nat is False and compare:
+            without = attrs.evolve(preset("natrelay"), hard_nat_enabled=False, name="natrelay-no-hardnat")
+            chosen.append(without)
+        elif hard_nat is not None and not compare and chosen[0].hard_nat_enabled != hard_nat:
+            suffix = "hardnat" if hard_nat else "no-hardnat"
+            chosen = [attrs.evolve(chosen[0], hard_nat_enabled=hard_nat, name=f"{chosen[0].name}-{suffix}")]
         loaded = _load(scenario, "matrix" if compare else "mesh", peers, duration)
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = None
