@@ -126,7 +126,9 @@ class Policy:
     relay_keep_warm_ms: int = attrs.field(default=120_000, validator=v.non_negative_int)
     #: Hard NATs (issue 16, docs/hard-nat.md): a relayed peer whose direct rounds failed and
     #: whose NAT pairing makes a plain punch hopeless (symmetric against port-restricted,
-    #: firewall or symmetric) gets a birthday punch. Off unless the data plane carries it out.
+    #: firewall or symmetric) gets a birthday punch. Off here, since the engine cannot know
+    #: whether its data plane carries one out; natrelay's preset and the agent with the
+    #: shared data plane (which does) turn it on.
     hard_nat_enabled: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     #: Peers (public keys) never given a hard-NAT attempt.
     hard_nat_off_peers: tuple[str, ...] = attrs.field(default=(), converter=_keys, validator=_key_list)

@@ -28,6 +28,7 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
 
     [policy]                         # any natrelay.core.policy.Policy field
     min_direct_attempts = 2
+    # hard_nat_enabled = false       # birthday punches: on by default with data_plane = shared
     # or, instead of [policy]: policy_file = "suggested-policy.toml" (natrelay whatif --sweep)
 
     [[peers]]

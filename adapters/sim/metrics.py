@@ -10,7 +10,10 @@ Owns the definitions (docs/policies.md repeats them for readers):
   data plane works, for peers with a possible path at join; a peer never
   connected counts as infinite (it lands in the top percentiles);
 - time to direct path (ttdp): from the first moment a direct path exists to
-  the first moment the peer is on a working direct path;
+  the first moment the peer is on a working direct path; a hard pairing (a
+  symmetric NAT against a port-restricted cone, a firewall or another
+  symmetric NAT) has a direct path, one only a birthday punch opens
+  (docs/hard-nat.md): a policy that never tries one never gets there;
 - relayed_share_while_direct_possible: time on a working relay while a direct
   path existed, over the time a direct path existed;
 - switches_per_peer_hour: data-plane path changes (not counting a peer's
@@ -31,7 +34,8 @@ Owns the definitions (docs/policies.md repeats them for readers):
   (0 for a policy that makes none); hard_met_10s_share, the share of attempts whose pair met within 10 s
   of the attempt's start; probes_per_success, easy-side probes of all attempts
   per meeting; hard_ttd p50/p95, from a peer's first attempt to its first direct
-  path (never: infinite). The oracle makes no attempt (NaN: no data).
+  path (never: infinite). The oracle makes no attempt (NaN: no data): it takes
+  the pair direct at once (sim_oracle).
 A metric with nothing to measure (no peer present, no network change) is NaN:
 "no data", never 0. In JSON (`to_json`) an infinite value is the string "inf"
 and a missing one `null`.
