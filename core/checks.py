@@ -113,15 +113,16 @@ def check_closed(state: State, event: RelaySessionClosed) -> str | None:
 
 
 def check_pair_met(state: State, event: HardNatPairMet) -> str | None:
-    """A hard-NAT meeting applies only to the open attempt of a relayed peer (issue 16)."""
+    """A hard-NAT meeting applies only to the open attempt of a peer that is relayed or
+    waiting for a relay (issue 16)."""
     record = state._live(event.peer)
     if record is None:
         return f"peer {event.peer} is not in the mesh"
     tried = state.hard_nat.open.get(event.peer)
     if tried is None or tried.attempt != event.attempt:
         return f"no hard-NAT attempt {event.attempt} is open: late or duplicate"
-    if record.state != lc.RELAY_CONNECTED:
-        return f"the peer is {record.state}, not relayed"
+    if record.state not in (lc.RELAY_CONNECTED, lc.RELAY_ELIGIBLE):
+        return f"the peer is {record.state}, neither relayed nor waiting for a relay"
     return None
 
 

@@ -343,9 +343,25 @@ def react_step(engine: Engine, event: StepRequested) -> None:
 
 
 def react_hard_nat_met(engine: Engine, event: HardNatPairMet) -> None:
-    """A birthday punch met: record the success; the upgrade follows as for any direct answer."""
+    """A birthday punch met: record the success; a relayed peer upgrades as for any direct
+    answer (hitless, in stepping), a peer no relay carries takes the found path at once."""
     hard_nat.succeed(engine, event)
-    advance(engine, engine.peers[event.peer])
+    record = engine.peers[event.peer]
+    if record.state == lc.RELAY_ELIGIBLE:
+        pending = record.relay_pending
+        closes = [CloseRelaySession(peer=record.key, relay=pending)] if pending else []
+        emit(
+            engine,
+            DirectPathSelected(
+                at=engine.now,
+                peer=record.key,
+                endpoint=event.endpoint,
+                reason=f"a hard-NAT attempt met on {event.endpoint}, and no relay carries the peer",
+            ),
+            SwitchPath(peer=record.key, endpoint=event.endpoint),
+            *closes,
+        )
+    advance(engine, record)
 
 
 def _record_key(record: PeerRecord) -> str:

@@ -10,6 +10,9 @@ budget; the data plane carries it out and reports the pair that met.
 Rules of this module:
 - it decides only through `emit` (folded, recorded); the relay stays the path until
   the normal upgrade (`stepping.maybe_upgrade`) moves the peer to the found endpoint;
+- a peer no relay carries (every relay full or failed: it waits for one) is tried too,
+  and an attempt goes on when the peer loses its relay: there the punch is the only way
+  to a path, and a meeting selects the direct path at once (`decide.react_hard_nat_met`);
 - every attempt is bounded: the budget (sockets, probes, rate) and the deadline are
   in the decision, a failed attempt waits the policy's backoff, and a peer gets at
   most `hard_nat_max_attempts` until this node's addresses change;
@@ -36,6 +39,22 @@ from .state import State
 
 if TYPE_CHECKING:
     from .engine import Engine
+
+#: The lifecycle states in which an attempt may run: relayed, or waiting for a relay.
+ATTEMPT_STATES = frozenset({lc.RELAY_CONNECTED, lc.RELAY_ELIGIBLE})
+
+
+def waiting_for_relay(state: State, record: PeerRecord) -> bool:
+    """Relay-eligible with no connect in flight and the relay retry ahead: no relay has
+    room for the peer, or every one failed it (`RelayUnavailable`)."""
+    retry_at = record.relay_retry_at
+    return (
+        record.state == lc.RELAY_ELIGIBLE
+        and record.relay_pending is None
+        and retry_at is not None
+        and retry_at > state.now
+    )
+
 
 #: NATs a plain punch from a symmetric NAT cannot open: their filters admit only the exact
 #: endpoint they sent to, and the symmetric side's port toward them is not the one they know.
@@ -101,8 +120,8 @@ def blocked(state: State, record: PeerRecord) -> str | None:
         return "hard-NAT attempts are off for this peer"
     if not state.upgrades_allowed(record):
         return "the peer may not be upgraded to a direct path"
-    if record.state != lc.RELAY_CONNECTED:
-        return f"the peer is {record.state}, not relayed"
+    if record.state != lc.RELAY_CONNECTED and not waiting_for_relay(state, record):
+        return f"the peer is {record.state}, neither relayed nor waiting for a relay"
     role, why = role_for(state.local_nat, record.nat_type)
     if role is None:
         return why
@@ -137,8 +156,9 @@ def maybe_start(engine: Engine, record: PeerRecord) -> bool:
     deadline = now + policy.hard_nat_timeout_ms
     sockets, probes = policy.hard_nat_sockets, policy.hard_nat_probes
     failed = engine.attempts.attempts(key) + record.probes_done
+    where = "relayed" if record.state == lc.RELAY_CONNECTED else "no relay carries the peer"
     reason = (
-        f"relayed, {failed} direct round(s) failed, and {why}: "
+        f"{where}, {failed} direct round(s) failed, and {why}: "
         f"{sockets} sockets on the hard side, {probes} probes at {policy.hard_nat_probe_rate}/s "
         "from the easy side, "
         f"{policy.hard_nat_timeout_ms} ms"
@@ -159,15 +179,18 @@ def maybe_start(engine: Engine, record: PeerRecord) -> bool:
 
 
 def maybe_end(engine: Engine, record: PeerRecord) -> bool:
-    """End the open attempt when its deadline passed or the peer is no longer relayed."""
+    """End the open attempt when its deadline passed or the peer is neither relayed nor
+    waiting for a relay (on a direct path, or gone)."""
     tried = engine.hard_nat.open.get(record.key)
     if tried is None:
         return False
     now, policy, key = engine.now, engine.policy, record.key
     if tried.deadline <= now:
         why = f"no pair met within {policy.hard_nat_timeout_ms} ms"
-    elif record.state != lc.RELAY_CONNECTED:
+    elif record.state not in ATTEMPT_STATES:
         why = f"the peer is {record.state} now"
+    elif role_for(engine.local_nat, record.nat_type)[0] is None:
+        why = f"the pairing is no longer hard: {role_for(engine.local_nat, record.nat_type)[1]}"
     else:
         return False
     failures = engine.hard_nat.failures.get(key, 0) + 1
@@ -211,7 +234,7 @@ def wake_times(state: State, record: PeerRecord) -> list[int]:
     tried = state.hard_nat.open.get(record.key)
     if tried is not None:
         times.append(tried.deadline)
-    elif state.policy.hard_nat_enabled and record.state == lc.RELAY_CONNECTED:
+    elif state.policy.hard_nat_enabled and record.state in ATTEMPT_STATES:
         next_at = state.hard_nat.next_at.get(record.key)
         if next_at is not None and next_at > state.now:
             times.append(next_at)
@@ -226,6 +249,6 @@ def explain_line(state: State, record: PeerRecord) -> str | None:
     why = blocked(state, record)
     if why is None:
         return "hard NAT: an attempt may start now"
-    if record.state != lc.RELAY_CONNECTED:
+    if record.state not in ATTEMPT_STATES:
         return None
     return f"hard NAT: no attempt — {why}"

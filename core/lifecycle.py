@@ -95,10 +95,10 @@ TRANSITIONS: Final[tuple[dict[str, Any], ...]] = (
     {"trigger": "lose_path", "source": DIRECT_CONNECTED, "dest": PENDING},
     {"trigger": "lose_path", "source": RELAY_CONNECTED, "dest": RELAY_ELIGIBLE},
     {"trigger": "remove", "source": list(LIVE_STATES), "dest": REMOVED},
-    # a hard-NAT attempt runs beside the relay and moves no state (issue 16); it may end in any
-    # live state (the relay was lost, or a plain probe found the path meanwhile)
-    {"trigger": "start_hard_nat", "source": RELAY_CONNECTED, "dest": None},
-    {"trigger": "meet_hard_nat", "source": RELAY_CONNECTED, "dest": None},
+    # a hard-NAT attempt runs beside the relay, or while the peer waits for one, and moves no
+    # state (issue 16); it may end in any live state (a plain probe found the path meanwhile)
+    {"trigger": "start_hard_nat", "source": [RELAY_CONNECTED, RELAY_ELIGIBLE], "dest": None},
+    {"trigger": "meet_hard_nat", "source": [RELAY_CONNECTED, RELAY_ELIGIBLE], "dest": None},
     {"trigger": "end_hard_nat", "source": list(LIVE_STATES), "dest": None},
     {"trigger": "add", "source": REMOVED, "dest": PENDING},
 )

@@ -102,7 +102,7 @@ def step(engine: Engine, record: PeerRecord) -> bool:
     if state == lc.RELAY_ELIGIBLE:
         if maybe_round(engine, record, round_):
             return True
-        return step_relay(engine, record)
+        return step_relay(engine, record) or hard_nat.maybe_start(engine, record)
     if state == lc.RELAY_CONNECTED:
         return step_relayed(engine, record, round_)
     if state == lc.DIRECT_CONNECTED:

@@ -137,8 +137,9 @@ class Agent(Starting, Observing):
     _address_watch: Any = None
     #: Observations fed since the last automatic snapshot.
     _since_snapshot: int = 0
-    #: This node's NAT as its STUN answers named it last (``NatObserved``).
+    #: This node's NAT as the engine knows it (``NatObserved``), and as STUN named it last.
     _nat_type: str | None = None
+    _stun_nat: str = "unknown"
     #: peer -> {endpoint: kind} from the rendezvous at start (for PeerAdded).
     _published_kinds: dict[str, dict[str, str]] = attrs.field(factory=dict)
     #: peer -> its NAT type as it published it (for PeerAdded).

@@ -103,8 +103,15 @@ def _map_port(agent: Agent, public: int) -> None:
     """Ask the router for a mapping of the public port; a new mapping is republished."""
     from natrelay.adapters.mesh.port_mapping import PortMapper
 
-    agent._port_mapper = PortMapper(internal_port=public, on_change=lambda: publish_candidates(agent))
+    agent._port_mapper = PortMapper(internal_port=public, on_change=lambda: _mapping_changed(agent))
     agent._spawn(agent._port_mapper.run())
+
+
+def _mapping_changed(agent: Agent) -> None:
+    """A port mapping came or went: judge this node's NAT again (a mapping makes WireGuard's
+    port a full cone), then republish the candidates with it."""
+    agent._judge_nat(agent._pending.append)
+    publish_candidates(agent)
 
 
 def _open_shared(agent: Agent, status: InterfaceStatus) -> None:

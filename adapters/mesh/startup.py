@@ -196,7 +196,18 @@ class Starting:
         peers' come from their own agents through the log's fleet facts.
         """
         servers = [(spec.server.host, spec.server.port) for spec in self.config.relays[:2]]
-        nat_type = classify_nat(servers)
+        self._stun_nat = classify_nat(servers)
+        self._judge_nat(report)
+
+    def _judge_nat(self: Agent, report: Callable[[Event], None]) -> None:
+        """This node's NAT as WireGuard's port sees it: STUN's verdict, except that a port
+        mapping (UPnP IGD, NAT-PMP, PCP) forwards the mapped port from anyone and sends from
+        it to everyone, a full cone for WireGuard whatever the router does to other sockets
+        (peers then punch plainly instead of spending a birthday attempt, issue 16)."""
+        nat_type = self._stun_nat
+        mapper = self._port_mapper
+        if mapper is not None and mapper.external is not None and nat_type not in ("none", "unknown"):
+            nat_type = "full_cone"
         if nat_type != "unknown" and nat_type != self._nat_type:
             log.info("this node's NAT: %s", nat_type)
             self._nat_type = nat_type

@@ -2,7 +2,7 @@
 
 Peer ``a`` behind ``MASQUERADE --random-fully`` (symmetric: a new random port per
 destination), ``b`` behind a port-preserving NAT that drops unsolicited inbound. Every
-anchor relays this pair forever. The default policy with ``hard_nat_enabled``: the agents
+anchor relays this pair forever. The agent's default policy and data plane: the agents
 name their NATs from STUN (a: symmetric, b: port-restricted cone) and publish them; the
 engines relay first, their plain probes fail, and each starts a birthday attempt (a: the
 hard side's 256 sockets, b: the easy side's spray from WireGuard's port). The meeting
@@ -36,10 +36,11 @@ TRIES = int(os.environ.get("NATRELAY_E2E_HARDNAT_TRIES", "2"))
 
 
 def test_agents_punch_a_random_port_symmetric_nat_and_upgrade_without_loss(mesh_factory) -> None:
-    """Kills an agent that ignores StartHardNatAttempt (the pair stays relayed), a hard side
-    that lets WireGuard send from its own port (b's NAT drops it: no handshake on the found
-    path), and any attempt that costs a ping. NATRELAY_E2E_HARDNAT_TRIES sets the number of
-    tries (fresh topologies; default 2, BENCHMARKS.md has 20)."""
+    """Kills an agent that ignores StartHardNatAttempt or does not attempt by default (the pair
+    stays relayed), a hard side that lets WireGuard send from its own port (b's NAT drops it:
+    no handshake on the found path), and any attempt that costs a ping.
+    NATRELAY_E2E_HARDNAT_TRIES sets the number of tries (fresh topologies; default 2,
+    BENCHMARKS.md has 20)."""
     outcomes = []
     for _ in range(TRIES):
         outcomes.append(_one_try(mesh_factory("symmetric", "preserving")))
@@ -65,8 +66,8 @@ def _tunnel_up(mesh: Mesh) -> bool:
 
 
 def _one_try(mesh: Mesh) -> dict[str, object]:
-    mesh.policy = {"hard_nat_enabled": True}
-    mesh.settings["data_plane"] = "shared"
+    mesh.policy = {}  # the agent's default: attempts on with the shared data plane
+    mesh.settings.pop("data_plane", None)  # the agent's default data plane (shared)
     mesh.start_agent("a")
     mesh.start_agent("b")
     # Relayed first; the punch may already have upgraded the pair by the time this looks.

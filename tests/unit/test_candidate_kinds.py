@@ -61,3 +61,26 @@ def test_the_nat_is_named_from_one_sockets_mapped_addresses_at_two_stun_servers(
     assert nat_type_of(local, ("203.0.113.101", 40000), None) == "unknown"
     assert nat_type_of(local, local, local) == "none"
     assert nat_type_of(local, None, local) == "none"
+
+
+def test_a_port_mapping_makes_wireguards_port_a_full_cone() -> None:
+    """Kills an agent that publishes `symmetric` while its router forwards WireGuard's port (the
+    peers then spend a birthday attempt, whose punched port wins over the mapped one), and one
+    that keeps claiming a full cone after the mapping is gone."""
+    from types import SimpleNamespace
+
+    from natrelay.adapters.mesh.startup import Starting
+
+    seen: list[object] = []
+    agent = SimpleNamespace(_stun_nat="symmetric", _port_mapper=None, _nat_type=None, now=lambda: 5)
+    judge = Starting._judge_nat
+    judge(agent, seen.append)  # type: ignore[arg-type]
+    agent._port_mapper = SimpleNamespace(external="203.0.113.101:51820")
+    judge(agent, seen.append)  # type: ignore[arg-type]
+    agent._port_mapper.external = None
+    judge(agent, seen.append)  # type: ignore[arg-type]
+    assert [e.nat_type for e in seen] == ["symmetric", "full_cone", "symmetric"]  # type: ignore[attr-defined]
+    mapped = SimpleNamespace(external="1.2.3.4:1")
+    agent = SimpleNamespace(_stun_nat="none", _port_mapper=mapped, _nat_type=None, now=lambda: 6)
+    judge(agent, seen.append)  # type: ignore[arg-type]
+    assert seen[-1].nat_type == "none"  # type: ignore[attr-defined]

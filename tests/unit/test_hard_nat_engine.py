@@ -16,6 +16,7 @@ from natrelay.core.commands import (
 )
 from natrelay.core.engine import Engine, Reaction
 from natrelay.core.events import (
+    CandidatesUpdated,
     HandshakeObserved,
     HardNatAttemptFailed,
     HardNatAttemptStarted,
@@ -23,6 +24,7 @@ from natrelay.core.events import (
     LocalAddressesChanged,
     NatObserved,
     PeerAdded,
+    RelayAnnounced,
     RelaySessionClosed,
     RelaySessionEstablished,
     Tick,
@@ -170,14 +172,39 @@ def test_deadlines_backoff_and_the_attempt_limit() -> None:
     assert len(again) == 2 and again[1].at - again[0].at == 10_000 + 60_000  # backoff from the start
 
 
-def test_losing_the_relay_ends_the_attempt_at_once() -> None:
-    """Kills: an attempt left running (its sockets open) for a peer that is no longer relayed."""
+def test_losing_the_relay_keeps_the_attempt_and_its_meeting_takes_the_path_at_once() -> None:
+    """Kills: an attempt stopped when the relay goes (the punch is then the only way to a path);
+    a meeting that a peer no relay carries cannot use (rejected, or waiting for an upgrade that
+    only a relayed peer gets)."""
     driver = relayed("symmetric", "port_restricted_cone")
     driver.until(1_200)
     reaction = driver.feed(RelaySessionClosed(at=3_000, peer=P, relay="r1", session="s1"))
-    assert "hard_nat_attempt_failed" in [d.TYPE for d in reaction.decisions]
-    assert StopHardNatAttempt(peer=P, attempt=1) in reaction.commands
-    assert P not in driver.engine.hard_nat.open
+    assert "hard_nat_attempt_failed" not in [d.TYPE for d in reaction.decisions]
+    assert driver.state() == "relay_eligible" and P in driver.engine.hard_nat.open
+    reaction = driver.feed(
+        HardNatPairMet(at=4_000, peer=P, attempt=1, endpoint=PUBLIC, local_port=61_234, probes_sent=9)
+    )
+    assert [d.TYPE for d in reaction.decisions] == ["hard_nat_attempt_succeeded", "direct_path_selected"]
+    assert SwitchPath(peer=P, endpoint=PUBLIC) in reaction.commands
+    assert driver.state() == "direct_connected"
+
+
+def test_a_peer_no_relay_has_room_for_gets_an_attempt() -> None:
+    """Kills: attempts only for relayed peers, which leaves a hard pair without any path while
+    every relay is full (relay-scarce: the oracle connects them all directly)."""
+    driver = Driver(ON)
+    driver.feed(NatObserved(at=0, nat_type="port_restricted_cone"))
+    driver.feed(RelayAnnounced(at=0, relay="r1", region="eu", capacity=1))
+    driver.feed(PeerAdded(at=10, peer=Q, candidates=("37.0.0.8:40000",), nat_type="udp_blocked"))
+    driver.feed(RelaySessionEstablished(at=100, peer=Q, relay="r1", session="q1"))  # r1 is full now
+    driver.feed(PeerAdded(at=200, peer=P, candidates=(PUBLIC, LAN), nat_type="symmetric"))
+    driver.until(20_000)
+    assert driver.state() == "relay_eligible"
+    [attempt] = started(driver)
+    assert attempt.role == "easy" and attempt.reason.startswith("no relay carries the peer")
+    assert attempt.deadline <= 20_000  # it ended without a meeting; explain still speaks of it
+    line = explain_line(driver.engine, driver.engine.peers[P])
+    assert line is not None and line.startswith("hard NAT: no attempt — ")
 
 
 def test_replay_and_snapshots_give_the_live_state() -> None:
@@ -187,7 +214,9 @@ def test_replay_and_snapshots_give_the_live_state() -> None:
     driver.until(80_000)
     driver.feed(HardNatPairMet(at=80_001, peer=P, attempt=2, endpoint=PUBLIC, local_port=9, probes_sent=0))
     live = driver.engine.state()
-    assert live["hard_nat"]["tries"] == {} and live["hard_nat"]["numbers"][P] == 2
+    # P met (its count starts again); Q, whose relay connect was never answered, waits for a
+    # relay and is tried too
+    assert live["hard_nat"]["tries"] == {Q: 1} and live["hard_nat"]["numbers"][P] == 2
     assert Engine.rebuilt(driver.log).state() == live
     restored = Engine.from_state(live)
     assert restored.state() == live
@@ -241,3 +270,17 @@ def test_the_attempt_aims_at_the_candidate_beyond_the_nat_documentation_ranges_i
     driver.feed(RelaySessionEstablished(at=100, peer=P, relay="r1", session="s1"))
     driver.until(1_200)
     assert [a.endpoint for a in started(driver)] == [lab]
+
+
+def test_an_attempt_ends_when_the_pairing_stops_being_hard() -> None:
+    """Kills: spraying on after the peer said a plain punch now works (a port mapping made its
+    WireGuard port a full cone: the mapped candidate is probed, the attempt must stop)."""
+    driver = relayed("symmetric", "port_restricted_cone")
+    driver.until(1_200)
+    assert P in driver.engine.hard_nat.open
+    reaction = driver.feed(
+        CandidatesUpdated(at=2_000, peer=P, candidates=("37.0.0.9:51820", PUBLIC), nat_type="full_cone")
+    )
+    [failed] = [d for d in reaction.decisions if isinstance(d, HardNatAttemptFailed)]
+    assert failed.reason.startswith("the pairing is no longer hard")
+    assert StopHardNatAttempt(peer=P, attempt=1) in reaction.commands

@@ -66,10 +66,10 @@ EXPECTED_ROWS: dict[str, tuple[str | None, ...]] = {
     "lose_path": (_, _, _, E, P, _),
     "remove": (X, X, X, X, X, _),
     "add": (_, _, _, _, _, P),
-    # a hard-NAT attempt (issue 16) starts and meets beside a relay, moving nothing; it ends
-    # in any live state (the relay was lost, or a plain probe found the path meanwhile)
-    "start_hard_nat": (_, _, _, R, _, _),
-    "meet_hard_nat": (_, _, _, R, _, _),
+    # a hard-NAT attempt (issue 16) starts and meets beside a relay or while the peer waits for
+    # one, moving nothing; it ends in any live state (a plain probe found the path meanwhile)
+    "start_hard_nat": (_, _, E, R, _, _),
+    "meet_hard_nat": (_, _, E, R, _, _),
     "end_hard_nat": (P, T, E, R, D, _),
 }
 COLUMNS = (P, T, E, R, D, X)
