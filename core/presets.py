@@ -145,7 +145,7 @@ def natrelay() -> Policy:
     `max_relay_load` only left freed slots unused until the next health report (at 10,000
     peers on `mesh`, 97.6 % connected instead of the oracle's 98.7 %).
     """
-    return Policy(name="natrelay", relay_connect_timeout_ms=6_000, max_relay_load=100)
+    return Policy(name="natrelay", relay_connect_timeout_ms=6_000, max_relay_load=100, hard_nat_enabled=True)
 
 
 #: Every preset by name, in the benchmark's order (the oracle is added by the simulator).
