@@ -25,6 +25,7 @@ from natrelay.adapters.whatif.counterfactual import Run, run
 from natrelay.adapters.whatif.figures import Figures, PeerFigures, measure
 from natrelay.adapters.whatif.trace import Trace
 from natrelay.adapters.whatif.trace_world import MODEL_UNTRIED_ENDPOINT, MODEL_UNUSED_RELAY, SOURCES
+from natrelay.adapters.whatif.world_hard_nat import MODEL_UNTRIED_HARD_NAT
 from natrelay.core.codec import to_payload
 from natrelay.core.events import Event
 from natrelay.core.policy import Policy
@@ -237,7 +238,11 @@ def report_json(result: WhatIf) -> dict[str, Any]:
             for (kind, source), n in sorted(result.answers.items())
         ],
         "extrapolated_answers": result.extrapolated,
-        "models": {"untried_endpoint": MODEL_UNTRIED_ENDPOINT, "unused_relay": MODEL_UNUSED_RELAY},
+        "models": {
+            "untried_endpoint": MODEL_UNTRIED_ENDPOINT,
+            "unused_relay": MODEL_UNUSED_RELAY,
+            "untried_hard_nat": MODEL_UNTRIED_HARD_NAT,
+        },
         "policy_changes_ignored": result.policy_changes_ignored,
         "lossy_peers": sorted(result.lossy),
         "fidelity": None if result.fidelity is None else attrs.asdict(result.fidelity),
@@ -295,7 +300,8 @@ def render(result: WhatIf, console: Console, *, peers: int = 20) -> None:
         console.print(
             f"[yellow]{result.extrapolated} answers extrapolated[/yellow] for "
             f"{len(result.extrapolated_by_peer)} peers (the log never answered those questions); models:\n"
-            f"  endpoints: {MODEL_UNTRIED_ENDPOINT}\n  relays: {MODEL_UNUSED_RELAY}",
+            f"  endpoints: {MODEL_UNTRIED_ENDPOINT}\n  relays: {MODEL_UNUSED_RELAY}\n"
+            f"  hard-NAT attempts: {MODEL_UNTRIED_HARD_NAT}",
             soft_wrap=True,
         )
     if result.lossy:

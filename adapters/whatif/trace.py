@@ -12,7 +12,8 @@ then sorted into one of:
   endpoint was tried, how long after, which endpoint answered, and whether a
   session was already up, which makes a probe one round trip), a relay session
   established or failed (how fast), or the silence of an attempt that got no
-  answer by its deadline;
+  answer by its deadline; a hard-NAT attempt's meeting, or none
+  (adapters/whatif/world_hard_nat.py keeps those);
 - a renewal: the handshake WireGuard renews every 120 s on the path in use
   (REKEY_AFTER_TIME) — and a renewal that did not come, which says that path
   was dead at that moment;
@@ -38,6 +39,8 @@ from natrelay.core.commands import (
     Command,
     ConnectViaRelay,
     ForgetPeer,
+    StartHardNatAttempt,
+    StopHardNatAttempt,
     SwitchPath,
     TryDirectEndpoint,
 )
@@ -47,6 +50,7 @@ from natrelay.core.events import (
     DirectAttemptTimedOut,
     Event,
     HandshakeObserved,
+    HardNatPairMet,
     PathSilent,
     PeerAdded,
     PeerRemoved,
@@ -61,6 +65,8 @@ from natrelay.core.events import (
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.replay import node_events
 
+from .world_hard_nat import Punch, new_punches, note_command, note_met
+
 #: WireGuard renews a handshake this often on a path in use (REKEY_AFTER_TIME).
 RENEW_EVERY_MS = 120_000
 
@@ -73,6 +79,7 @@ _ANSWERS = (
     DirectAttemptTimedOut,
     PathSilent,
     Tick,
+    HardNatPairMet,
 )
 
 
@@ -167,6 +174,8 @@ class Trace:
     #: Peers the log shows losing handshakes: an attempt went unanswered while the endpoint
     #: it reaches worked. Which handshakes another run would lose, no log can say.
     lossy: frozenset[str] = frozenset()
+    #: peer -> its hard-NAT attempts by time, each with its meeting (adapters/whatif/world_hard_nat.py).
+    punches: dict[str, list[Punch]] = attrs.Factory(dict)
 
     @property
     def reports_timeouts(self) -> bool:
@@ -211,6 +220,7 @@ class _Builder:
         self.silences: list[tuple[int, int, PathSilent, tuple[str, str] | None]] = []
         self.timeouts: dict[tuple[str, str, int], int] = {}
         self.epochs: dict[str, list[int]] = defaultdict(list)
+        self.punches = new_punches()
         #: peer -> (plane, since): the data plane as the recorded commands set it.
         self.plane: dict[str, tuple[tuple[str, str], int]] = {}
         self.policies: list[PolicySet] = []
@@ -296,6 +306,8 @@ class _Builder:
             self.silences.append((event.at, seq, event, plane))
             if plane is not None and plane[0] == "direct":
                 self.facts[(event.peer, plane[1])].append(Fact(event.at, False, seq))
+        elif isinstance(event, HardNatPairMet) and note_met(self.punches, seq, event):
+            self.facts[(event.peer, event.endpoint)].append(Fact(event.at, True, seq))  # the pair worked
 
     def _handshake(self, seq: int, event: HandshakeObserved) -> None:
         peer, at = event.peer, event.at
@@ -357,6 +369,8 @@ class _Builder:
                 self._set_plane(peer, None, now)
         elif isinstance(command, ForgetPeer):
             self._set_plane(peer, None, now)
+        elif isinstance(command, StartHardNatAttempt | StopHardNatAttempt):
+            note_command(self.punches, command, now)
 
     def _set_plane(self, peer: str, plane: tuple[str, str] | None, now: int) -> None:
         current = self.plane.get(peer)
@@ -408,6 +422,7 @@ class _Builder:
             policies=self.policies,
             verified=self.verified,
             lossy=lossy,
+            punches=dict(self.punches),
         )
 
     def _lost_any(self, attempts: list[Attempt]) -> bool:

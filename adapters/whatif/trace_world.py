@@ -20,6 +20,9 @@ recorded order. A command is answered:
     measured round trip: allocate, bind, first handshake), and failing after
     `RELAY_FAIL_MS` while the log shows it down (`MODEL_UNUSED_RELAY`).
 
+Hard-NAT attempts are answered in the same three ways by `world_hard_nat`
+(`MODEL_UNTRIED_HARD_NAT`: an attempt never made so meets nobody).
+
 A direct path in use renews its handshake every 120 s while the evidence says
 it works (the nearest renewal, missing renewal, answer or silence of that
 endpoint); a relay path while its session is open. Relay sessions close when
@@ -44,6 +47,8 @@ from natrelay.core.commands import (
     Command,
     ConnectViaRelay,
     ForgetPeer,
+    StartHardNatAttempt,
+    StopHardNatAttempt,
     SwitchPath,
     TryDirectEndpoint,
 )
@@ -60,6 +65,7 @@ from natrelay.core.events import (
 from natrelay.core.policy import Policy
 
 from .trace import RENEW_EVERY_MS, Attempt, Connect, Fact, Trace
+from .world_hard_nat import HardNatAnswers
 
 #: A connect to a relay the log shows down fails after this long (a TURN allocate timing out).
 RELAY_FAIL_MS = 3_000
@@ -95,6 +101,7 @@ class TraceWorld:
         self._session_count = 0
         self._relay_rtt: dict[str, int] = {}
         self._timeouts = trace.reports_timeouts
+        self._hard = HardNatAnswers(self, trace)
         first_policy = True
         for seq, event in trace.exogenous:
             if isinstance(event, PolicySet) and policy is not None:
@@ -135,6 +142,11 @@ class TraceWorld:
             for peer, relay in [key for key in self._pending if key[0] == command.peer]:
                 del self._pending[(peer, relay)]
             self._set_plane(command.peer, None, now)
+            self._hard.stop(command.peer, now)
+        elif type(command) is StartHardNatAttempt:
+            self._hard.start(command, now)
+        elif type(command) is StopHardNatAttempt:
+            self._hard.stop(command.peer, now)
 
     def poll(self, now: int) -> Sequence[Event]:
         queue = self._queue
@@ -430,4 +442,5 @@ _HANDLERS: dict[str, Any] = {
     "unsolicited": TraceWorld._on_unsolicited,
     "silence": TraceWorld._on_silence,
     "renew": TraceWorld._on_renew,
+    "hard_met": lambda world, at, payload: world._hard.on_met(at, payload),
 }
