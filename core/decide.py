@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from . import hard_nat
 from . import lifecycle as lc
 from .checks import rejection
-from .commands import CloseRelaySession, Command, ForgetPeer, SwitchPath
+from .commands import CloseRelaySession, Command, ForgetPeer, StopHardNatAttempt, SwitchPath
 from .events import (
     CandidatesUpdated,
     DirectAttemptTimedOut,
@@ -70,6 +70,9 @@ def decide(engine: Engine, observation: Event) -> Reaction:
     releasing: tuple[Command, ...] = ()
     if reason is None and type(observation) is PeerRemoved:
         releasing = held_relays(engine.peers[observation.peer])
+        tried = engine.hard_nat.open.get(observation.peer)
+        if tried is not None:  # its sockets close with the peer (the book forgets the attempt)
+            releasing += (StopHardNatAttempt(peer=observation.peer, attempt=tried.attempt),)
     engine._freed = set()
     engine._moved = reason is None and moved_candidates(engine, observation)
     evolve(engine, observation)

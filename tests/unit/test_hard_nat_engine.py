@@ -24,6 +24,7 @@ from natrelay.core.events import (
     LocalAddressesChanged,
     NatObserved,
     PeerAdded,
+    PeerRemoved,
     RelayAnnounced,
     RelaySessionClosed,
     RelaySessionEstablished,
@@ -284,3 +285,12 @@ def test_an_attempt_ends_when_the_pairing_stops_being_hard() -> None:
     [failed] = [d for d in reaction.decisions if isinstance(d, HardNatAttemptFailed)]
     assert failed.reason.startswith("the pairing is no longer hard")
     assert StopHardNatAttempt(peer=P, attempt=1) in reaction.commands
+
+
+def test_removing_the_peer_closes_its_attempts_sockets() -> None:
+    """Kills: a removal that forgets the attempt in the book but leaves its sockets spraying."""
+    driver = relayed("symmetric", "port_restricted_cone")
+    driver.until(1_200)
+    reaction = driver.feed(PeerRemoved(at=2_000, peer=P))
+    assert StopHardNatAttempt(peer=P, attempt=1) in reaction.commands
+    assert P not in driver.engine.hard_nat.open

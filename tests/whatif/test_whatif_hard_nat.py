@@ -54,7 +54,9 @@ SHORT_MS = 3_000
 
 
 def hard_nat(outage: bool = False) -> Scenario:
-    """Symmetric peers against a port-restricted cone; `outage`: r1 goes down under attempts in flight."""
+    """Symmetric peers against a port-restricted cone; `outage`: r1 goes down under attempts in
+    flight (they go on: the punch is then the best chance) and a peer leaves under its first
+    attempt (which stops it early)."""
     peers = (
         PeerSpec(name="sym", nat="symmetric", rtt_ms=60),
         PeerSpec(name="sym-far", nat="symmetric", rtt_ms=180, join_ms=3_000),
@@ -71,6 +73,12 @@ def hard_nat(outage: bool = False) -> Scenario:
         outages=(OutageSpec("r1", at_ms=2_500, duration_ms=60_000),) if outage else (),
         peer_list=peers,
         events=(
+            *(
+                (EventSpec(at_ms=3_300, kind="leave", peer="sym-leaves"),)
+                + (EventSpec(at_ms=30_000, kind="join", peer="sym-leaves"),)
+                if outage
+                else ()
+            ),
             EventSpec(at_ms=200_000, kind="rebind", peer="sym"),
             EventSpec(at_ms=300_000, kind="leave", peer="sym-leaves"),
             EventSpec(at_ms=320_000, kind="join", peer="sym-leaves"),
