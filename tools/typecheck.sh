@@ -36,6 +36,9 @@ MYPYPATH=$tree "$PYTHON" -m mypy --config-file "$root/pyproject.toml" \
   -m natrelay.adapters.sim.run \
   -m natrelay.adapters.sim.simulated_network \
   -m natrelay.adapters.sim.sim_model \
+  -p natrelay.adapters.whatif \
+  -m natrelay.adapters.sim.sim_hard_nat \
+  -m natrelay.adapters.sim.birthday \
   `# sim_handlers and sim_oracle, mixins of SimNetwork, are followed for types only` \
   -m natrelay.tools.plot_log \
   -m natrelay.tools.cli.cmd_plot

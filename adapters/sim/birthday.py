@@ -237,14 +237,14 @@ def run_attempt(
         if at >= timeout_ms:
             break
         source: Addr = (nats[1 - side].public_ip, source_port)
-        inside = nats[side].inbound(port, source, at)
-        if inside is None:
+        reached = nats[side].inbound(port, source, at)
+        if reached is None:
             continue
         if answer:  # `side` got the answer: the pair is its `port` and `source`
             if side == 0:
                 return Outcome(at, source, port, probes_sent, socket_packets, opened)
             return Outcome(at, (nats[1].public_ip, port), source_port, probes_sent, socket_packets, opened)
-        send(at, side, inside, source, True)
+        send(at, side, reached, source, True)
     return Outcome(None, None, None, probes_sent, socket_packets, opened)
 
 

@@ -360,10 +360,10 @@ class _Builder:
             elif command.relay is not None:
                 self._set_plane(peer, ("relay", command.relay), now)
         elif isinstance(command, CloseRelaySession):
-            connect = self.pending.pop((peer, command.relay), None)
-            if connect is not None:
-                connect.outcome, connect.answered_at = "cancelled", now
-                self.closed[(peer, command.relay)] = connect
+            waiting = self.pending.pop((peer, command.relay), None)
+            if waiting is not None:
+                waiting.outcome, waiting.answered_at = "cancelled", now
+                self.closed[(peer, command.relay)] = waiting
             current = self.plane.get(peer)
             if current is not None and current[0] == ("relay", command.relay):
                 self._set_plane(peer, None, now)

@@ -53,6 +53,13 @@ from natrelay.core.presets import preset
 SHORT_MS = 3_000
 
 
+#: "sym-leaves" joins at 2 s, its first attempt starts at about 3.1 s: it leaves under it.
+LEAVES_UNDER_ITS_ATTEMPT = (
+    EventSpec(at_ms=3_300, kind="leave", peer="sym-leaves"),
+    EventSpec(at_ms=30_000, kind="join", peer="sym-leaves"),
+)
+
+
 def hard_nat(outage: bool = False) -> Scenario:
     """Symmetric peers against a port-restricted cone; `outage`: r1 goes down under attempts in
     flight (they go on: the punch is then the best chance) and a peer leaves under its first
@@ -73,12 +80,7 @@ def hard_nat(outage: bool = False) -> Scenario:
         outages=(OutageSpec("r1", at_ms=2_500, duration_ms=60_000),) if outage else (),
         peer_list=peers,
         events=(
-            *(
-                (EventSpec(at_ms=3_300, kind="leave", peer="sym-leaves"),)
-                + (EventSpec(at_ms=30_000, kind="join", peer="sym-leaves"),)
-                if outage
-                else ()
-            ),
+            *(LEAVES_UNDER_ITS_ATTEMPT if outage else ()),
             EventSpec(at_ms=200_000, kind="rebind", peer="sym"),
             EventSpec(at_ms=300_000, kind="leave", peer="sym-leaves"),
             EventSpec(at_ms=320_000, kind="join", peer="sym-leaves"),
