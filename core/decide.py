@@ -169,18 +169,11 @@ def react_handshake(engine: Engine, event: HandshakeObserved) -> None:
     if event.endpoint is not None and engine.direct_allowed(record):
         endpoint = event.endpoint
         if record.state in (lc.PENDING, lc.DIRECT_TRYING, lc.RELAY_ELIGIBLE):
-            pending = record.relay_pending
             reason = f"a direct handshake answered on {endpoint}"
             round_ = engine.attempts.open_round(event.peer)
             if round_ is not None and endpoint in round_.outstanding:
                 reason += f" (attempt {round_.attempt})"
-            closes = [CloseRelaySession(peer=record.key, relay=pending)] if pending else []
-            emit(
-                engine,
-                DirectPathSelected(at=engine.now, peer=record.key, endpoint=endpoint, reason=reason),
-                SwitchPath(peer=record.key, endpoint=endpoint),
-                *closes,
-            )
+            select_direct(engine, record, endpoint, reason)
         elif record.state == lc.DIRECT_CONNECTED and record.path != endpoint:
             emit(
                 engine,
@@ -351,20 +344,22 @@ def react_hard_nat_met(engine: Engine, event: HardNatPairMet) -> None:
     hard_nat.succeed(engine, event)
     record = engine.peers[event.peer]
     if record.state == lc.RELAY_ELIGIBLE:
-        pending = record.relay_pending
-        closes = [CloseRelaySession(peer=record.key, relay=pending)] if pending else []
-        emit(
-            engine,
-            DirectPathSelected(
-                at=engine.now,
-                peer=record.key,
-                endpoint=event.endpoint,
-                reason=f"a hard-NAT attempt met on {event.endpoint}, and no relay carries the peer",
-            ),
-            SwitchPath(peer=record.key, endpoint=event.endpoint),
-            *closes,
-        )
+        why = f"a hard-NAT attempt met on {event.endpoint}, and no relay carries the peer"
+        select_direct(engine, record, event.endpoint, why)
     advance(engine, record)
+
+
+def select_direct(engine: Engine, record: PeerRecord, endpoint: str, reason: str) -> None:
+    """Take the direct endpoint that answered (a peer with no path yet, or none but a relay
+    connect in flight, which is closed)."""
+    pending = record.relay_pending
+    closes = [CloseRelaySession(peer=record.key, relay=pending)] if pending else []
+    emit(
+        engine,
+        DirectPathSelected(at=engine.now, peer=record.key, endpoint=endpoint, reason=reason),
+        SwitchPath(peer=record.key, endpoint=endpoint),
+        *closes,
+    )
 
 
 def _record_key(record: PeerRecord) -> str:
