@@ -248,6 +248,7 @@ def _try_again_now(record: PeerRecord, at: int) -> None:
     elif record.state in lc.CONNECTED_STATES:
         record.probes_done = 0
         record.next_probe_at = at
+    record.relays_unanswered = 0  # the absence it counted may be over (`hard_nat.reporting_until`)
 
 
 def fold_handshake(state: State, event: HandshakeObserved) -> None:
@@ -267,6 +268,7 @@ def fold_session_failed(state: State, event: RelaySessionFailed) -> None:
     record = state.peers[event.peer]
     record.relay_pending = record.relay_deadline = None
     record.relays_failed += (event.relay,)
+    record.relays_unanswered = 0  # the relay answered: refused, unreachable or down
     record.relay_retry_at = event.at
 
 
@@ -337,7 +339,13 @@ def fold_relay_chosen(state: State, event: RelayChosen) -> None:
 
 
 def fold_relay_abandoned(state: State, event: RelayAbandoned) -> None:
+    """A connect given up. One abandoned at its deadline went unanswered (a relay that refuses
+    says so, `RelaySessionFailed`): counted in `relays_unanswered`; any other abandon (the
+    relay withdrawn, the peer moved: both before the deadline) ends the count."""
     record = state.peers[event.peer]
+    deadline = record.relay_deadline
+    timed_out = deadline is not None and event.at >= deadline
+    record.relays_unanswered = record.relays_unanswered + 1 if timed_out else 0
     transition(record, event)
     record.relay_pending = record.relay_deadline = None
     record.relays_failed += (event.relay,)
@@ -383,6 +391,7 @@ def fold_path_lost(state: State, event: PathLost) -> None:
     else:
         record.relays_failed = (event.path,)
         record.relay_retry_at = event.at
+    record.relays_unanswered = 0
     record.path = record.session = record.last_handshake_at = None
     record.next_round_at = event.at
 

@@ -127,6 +127,9 @@ def blocked(state: State, record: PeerRecord) -> str | None:
         return why
     if key in book.open:
         return f"attempt {book.open[key].attempt} is under way"
+    back = reporting_until(state, record)
+    if back is not None and back > state.now:
+        return f"the peer is back from an absence and has not said where it woke (waiting until {back} ms)"
     if state.attempts.attempts(key) + record.probes_done == 0:
         return "no direct round has failed yet"
     if state.attempts.open_round(key) is not None:
@@ -142,6 +145,20 @@ def blocked(state: State, record: PeerRecord) -> str | None:
     if target(record) is None:
         return "the peer has no public endpoint to aim at"
     return None
+
+
+def reporting_until(state: State, record: PeerRecord) -> int | None:
+    """Until when a relayed peer that came back from an absence (its relay connects went
+    unanswered, `relays_unanswered`, and it has reported no candidates since) is given to
+    report where it woke, or None. Its NAT type and endpoints are from before it left, so an
+    attempt aimed at them is wasted, and its failure backs the right one off by
+    `hard_nat_retry_ms`; waiting costs at most one attempt's length. Only with the retry at
+    once of `relay_unanswered_window_ms` (which brings such peers back before their report;
+    0 keeps what recorded logs re-decide with)."""
+    policy = state.policy
+    if not (record.relays_unanswered and policy.relay_unanswered_window_ms):
+        return None
+    return record.since + policy.hard_nat_timeout_ms
 
 
 def maybe_start(engine: Engine, record: PeerRecord) -> bool:
@@ -238,6 +255,9 @@ def wake_times(state: State, record: PeerRecord) -> list[int]:
         next_at = state.hard_nat.next_at.get(record.key)
         if next_at is not None and next_at > state.now:
             times.append(next_at)
+        back = reporting_until(state, record)
+        if back is not None and back > state.now:
+            times.append(back)
     return times
 
 

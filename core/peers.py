@@ -13,6 +13,12 @@ from typing import Any
 
 from .lifecycle import PENDING
 
+#: Peer-record fields added after the snapshot format began: (name, the value a record
+#: from a snapshot written before it restores to), in the order they were added.
+_ADDED_FIELDS: tuple[tuple[str, Any], ...] = (("relays_unanswered", 0),)
+#: Not in a snapshot's peer list where the slots' order would put them.
+_NOT_IN_SNAPSHOT = frozenset({"wake_at"} | {name for name, _default in _ADDED_FIELDS})
+
 
 class PeerRecord:
     """One peer as the engine sees it."""
@@ -37,6 +43,7 @@ class PeerRecord:
         "relay_pending",
         "relay_retry_at",
         "relays_failed",
+        "relays_unanswered",
         "session",
         "since",
         "state",
@@ -64,6 +71,11 @@ class PeerRecord:
         self.relay_pending: str | None = None
         self.relay_deadline: int | None = None
         self.relays_failed: tuple[str, ...] = ()
+        #: Relay connects in a row that reached their timeout with no relay refusing them
+        #: (the peer did not answer), since the peer last lost a path, changed candidates,
+        #: or was refused by a relay (issue 13: the retry after them, `stepping.step_relay`);
+        #: kept once a relay carries the peer again, until it reports (`hard_nat.reporting_until`).
+        self.relays_unanswered = 0
         self.relay_retry_at: int | None = None
         self.probes_done = 0
         self.next_probe_at: int | None = None
@@ -79,11 +91,17 @@ class PeerRecord:
         self.next_round_at = None
         self.relay_pending = self.relay_deadline = None
         self.relays_failed = ()
+        self.relays_unanswered = 0
         self.relay_retry_at = None
         self.probes_done = 0
         self.next_probe_at = None
 
-    _STATE_FIELDS = tuple(name for name in __slots__ if name != "wake_at")
+    #: Fields added since the snapshot format began go last, with the value a snapshot
+    #: written before them restores to (`from_state`).
+    _ADDED: tuple[tuple[str, Any], ...] = _ADDED_FIELDS
+    _STATE_FIELDS = tuple(name for name in __slots__ if name not in _NOT_IN_SNAPSHOT) + tuple(
+        name for name, _default in _ADDED_FIELDS
+    )
 
     def to_state(self) -> list[Any]:
         return [
@@ -93,6 +111,10 @@ class PeerRecord:
 
     @classmethod
     def from_state(cls, state: list[Any]) -> PeerRecord:
+        """A record from `to_state`'s list; one written before a field was added lacks it."""
+        missing = len(cls._STATE_FIELDS) - len(state)
+        if 0 < missing <= len(cls._ADDED):
+            state = [*state, *(default for _name, default in cls._ADDED[-missing:])]
         made = cls.__new__(cls)
         for name, value in zip(cls._STATE_FIELDS, state, strict=True):
             setattr(made, name, tuple(value) if isinstance(value, list) else value)

@@ -97,6 +97,18 @@ class Policy:
     relay_connect_timeout_ms: int = attrs.field(default=5_000, validator=v.positive_int)
     #: With no usable relay, look again after this long (or when one is announced).
     relay_retry_ms: int = attrs.field(default=10_000, validator=v.positive_int)
+    #: A round of relay connects that all reached their timeout unanswered (no relay refused
+    #: them: they work, the peer did not answer: it sleeps or is offline) is retried at once,
+    #: not after `relay_retry_ms`, while the peer has gone unanswered for less than this long
+    #: in a row (each such connect waited out `relay_connect_timeout_ms`). A connect set up
+    #: while the peer slept is never answered, so only a fresh one notices it back before its
+    #: new candidates are reported, and the connect timeout already paces them like the
+    #: handshake retries WireGuard itself sends to a peer that does not answer (one per 5 s,
+    #: REKEY_TIMEOUT, for 90 s, REKEY_ATTEMPT_TIME, which the natrelay preset takes). After
+    #: the window a peer that stays away costs what it did before (issue 13, `wake`). A full
+    #: or refusing relay still waits `relay_retry_ms`. 0: off (the behaviour before it
+    #: existed, which recorded logs re-decide with).
+    relay_unanswered_window_ms: int = attrs.field(default=0, validator=v.non_negative_int)
     #: False: a relayed peer stays relayed (formnet's behaviour).
     upgrade_enabled: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     #: First gap between upgrade probes of a relayed peer...

@@ -278,6 +278,12 @@ def step_relay(engine: Engine, record: PeerRecord) -> bool:
             tried += " (full)"
             spread = policy.relay_retry_ms * policy.backoff_jitter * (2 * unit_hash(key, now) - 1)
             retry_at = now + max(1, int(policy.relay_retry_ms + spread))
+        elif unanswered_round(engine, record):
+            # every relay tried took the connect and the peer never answered (asleep, offline):
+            # only a fresh connect notices it back before its new candidates are reported
+            waited = record.relays_unanswered * policy.relay_connect_timeout_ms // 1000
+            tried += f" (unanswered for {waited} s: trying again at once)"
+            retry_at = now
         emit(
             engine,
             RelayUnavailable(at=now, peer=key, retry_at=retry_at, reason=f"no usable relay{tried}"),
@@ -299,6 +305,19 @@ def step_relay(engine: Engine, record: PeerRecord) -> bool:
         ConnectViaRelay(peer=key, relay=best.relay, deadline=deadline),
     )
     return True
+
+
+def unanswered_round(engine: Engine, record: PeerRecord) -> bool:
+    """The relays this peer just failed on all took the connect unanswered (`relays_unanswered`
+    counts them in a row, `relays_failed` holds this round's), for less than the policy's
+    `relay_unanswered_window_ms` in all."""
+    policy = engine.policy
+    failed, unanswered = len(record.relays_failed), record.relays_unanswered
+    return (
+        failed > 0
+        and unanswered >= failed
+        and unanswered * policy.relay_connect_timeout_ms < policy.relay_unanswered_window_ms
+    )
 
 
 def path_stale(engine: Engine, record: PeerRecord) -> bool:

@@ -69,6 +69,7 @@ def policies(draw: st.DrawFn) -> Policy:
         handshake_freshness_ms=draw(st.sampled_from([20_000, 180_000])),
         relay_connect_timeout_ms=draw(st.sampled_from([1_000, 5_000])),
         relay_retry_ms=draw(st.sampled_from([2_000, 10_000])),
+        relay_unanswered_window_ms=draw(st.sampled_from([0, 0, 30_000])),
         upgrade_enabled=draw(st.booleans().map(lambda b: b or True) | st.just(False)),
         upgrade_probe_interval_ms=draw(st.sampled_from([500, 2_000])),
         upgrade_probe_on_relay=draw(st.booleans()),
