@@ -26,7 +26,7 @@ variables or a credential file, and ``load_credentials`` reads them at startup i
     password_env = "NATRELAY_TURN_PASSWORD"
     # file = "/etc/natrelay/turn.cred"   (one line: user:password)
 
-    [policy]                         # any natrelay.core.policy.Policy field
+    [policy]                         # any Policy field, over natrelay's default (its preset)
     min_direct_attempts = 2
     # hard_nat_enabled = false       # birthday punches: on by default with data_plane = shared
     # or, instead of [policy]: policy_file = "suggested-policy.toml" (natrelay whatif --sweep)
@@ -59,6 +59,7 @@ from natrelay.adapters.node import DEFAULT_SNAPSHOT_EVERY
 from natrelay.adapters.policy_file import PolicyFileError, load_policy
 from natrelay.core import values as v
 from natrelay.core.policy import Policy
+from natrelay.core.presets import natrelay as natrelay_preset
 
 #: The data planes an agent can run (docs/real-mesh.md, "Hitless data plane").
 DATA_PLANES = ("proxy", "shared", "endpoint")
@@ -333,7 +334,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         raise _fail(f"{source}: data_plane", " or ".join(DATA_PLANES), data_plane)
     policy_table = _hard_nat_default(_table(data.get("policy", {}), f"{source}: policy"), data_plane, source)
     try:
-        policy = Policy.from_dict(policy_table)
+        policy = Policy.from_dict({**_NATRELAY_DEFAULT, **policy_table})
     except (v.InvalidValue, TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: policy: {exc}") from None
     if "policy_file" in data:
@@ -372,6 +373,12 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         advertise_reflexive=advertise,
         extra_candidates=_endpoints(data.get("candidates", []), f"{source}: candidates"),
     )
+
+
+#: The agent's policy before its [policy] table: natrelay's default, the preset the simulator
+#: measures (BENCHMARKS.md), not the bare `Policy()`, which keeps what a recorded log needs
+#: to re-decide as written (e.g. the relay connect timeout, the unanswered-relay window).
+_NATRELAY_DEFAULT: dict[str, Any] = attrs.asdict(natrelay_preset(), recurse=False)
 
 
 def _hard_nat_default(table: dict[str, Any], data_plane: str, source: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from natrelay.adapters.memory import MemoryNetwork
@@ -21,6 +22,7 @@ from natrelay.adapters.node import Node
 from natrelay.core import lifecycle as lc
 from natrelay.core.events import InputRejected, ObservationRejected, PeerAdded
 from natrelay.core.policy import Policy
+from natrelay.core.presets import preset
 from natrelay.eventlog import EventLog
 from natrelay.eventlog.check import check_log
 from natrelay.eventlog.replay import verify
@@ -97,6 +99,17 @@ def test_hard_nat_attempts_are_on_by_default_only_where_the_data_plane_carries_t
     for extra, enabled in expected.items():
         path.write_text(MINIMAL + extra)
         assert load_config(path).policy.hard_nat_enabled is enabled, extra
+
+
+def test_the_agents_default_policy_is_the_one_the_simulator_measures(tmp_path: Path) -> None:
+    """Kills an agent on the bare `Policy()` while BENCHMARKS.md measures natrelay's preset (a
+    5 s relay connect, no retry of unanswered relay connects: what the wake goal was met with)."""
+    path = tmp_path / "agent.toml"
+    path.write_text(MINIMAL)
+    assert load_config(path).policy == preset("natrelay")
+    path.write_text(MINIMAL + "[policy]\nrelay_connect_timeout_ms = 4000\n")
+    tuned = load_config(path).policy
+    assert tuned == attrs.evolve(preset("natrelay"), relay_connect_timeout_ms=4000)
 
 
 def test_the_agent_command_reports_a_config_error_in_one_line(tmp_path: Path) -> None:
