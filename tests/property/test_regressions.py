@@ -148,3 +148,32 @@ def test_a_restored_engine_takes_an_overdue_round_at_the_same_tick_as_the_live_o
         {"op": "snapshot"},
         {"op": "advance", "by": 0},
     )
+
+
+def test_an_upgrade_probe_overdue_only_by_another_peers_observation_is_still_scheduled(
+    tmp_path: Path,
+) -> None:
+    # The harness's own bug (natrelay fuzz, seed 11): peer A's probe was due at 500 and the
+    # engine asked for that Tick, but peer B's observation at 1000 moved the clock first; the
+    # invariant called A's probe unscheduled. The Tick the engine awaits still runs it.
+    other = PEERS[1]
+    policy = Policy(
+        mode="direct_first",
+        min_direct_attempts=0,
+        upgrade_probe_interval_ms=500,
+        upgrade_probe_on_relay=False,
+        upgrade_probe_backoff=1.0,
+        switch_hysteresis_ms=0,
+    )
+    harness = _checked(
+        Harness(tmp_path, policy),
+        E.RelayAnnounced(at=0, relay="relay-a", region="eu"),
+        E.PeerAdded(at=0, peer=other, candidates=(ENDPOINT,)),
+        E.PeerAdded(at=0, peer=PEER, candidates=()),
+        E.RelaySessionEstablished(at=0, peer=PEER, relay="relay-a", session="s1"),
+        E.PeerAdded(at=0, peer=PEER, candidates=(ENDPOINT,)),
+        E.DirectAttemptTimedOut(at=1_000, peer=other, endpoint=ENDPOINT, attempt=1),
+    )
+    record = harness.engine.peers[PEER]
+    assert record.state == lc.RELAY_CONNECTED and record.next_probe_at == 500
+    assert harness.engine.next_deadline() == 500

@@ -326,7 +326,9 @@ class Harness:
         round_open = engine.attempts.open_round(key) is not None
         probe = record.next_probe_at
         deadline = engine.next_deadline()
-        if not round_open and (probe is None or probe <= now or deadline is None or deadline > probe):
+        # A probe already due is scheduled as long as the engine awaits a Tick by then: another
+        # peer's observation may move the clock past it before that Tick comes (as for freshness).
+        if not round_open and (probe is None or deadline is None or deadline > probe):
             _fail(
                 "paths.relayed_peer_has_upgrade_probe",
                 f"peer {key[:8]} is relayed with no upgrade probe scheduled "
