@@ -46,13 +46,16 @@ ATTEMPT_STATES = frozenset({lc.RELAY_CONNECTED, lc.RELAY_ELIGIBLE})
 
 def waiting_for_relay(state: State, record: PeerRecord) -> bool:
     """Relay-eligible with no connect in flight and the relay retry ahead: no relay has
-    room for the peer, or every one failed it (`RelayUnavailable`)."""
+    room for the peer, or every one refused it (`RelayUnavailable`). Not a peer whose relay
+    connects went unanswered (`relays_unanswered`): it is likely away (asleep, offline), and
+    an attempt would aim at where it was."""
     retry_at = record.relay_retry_at
     return (
         record.state == lc.RELAY_ELIGIBLE
         and record.relay_pending is None
         and retry_at is not None
         and retry_at > state.now
+        and not record.relays_unanswered
     )
 
 

@@ -215,9 +215,9 @@ def test_replay_and_snapshots_give_the_live_state() -> None:
     driver.until(80_000)
     driver.feed(HardNatPairMet(at=80_001, peer=P, attempt=2, endpoint=PUBLIC, local_port=9, probes_sent=0))
     live = driver.engine.state()
-    # P met (its count starts again); Q, whose relay connect was never answered, waits for a
-    # relay and is tried too
-    assert live["hard_nat"]["tries"] == {Q: 1} and live["hard_nat"]["numbers"][P] == 2
+    # P met (its count starts again); Q, whose relay connect was never answered, is likely away:
+    # it waits for a relay without an attempt aimed at where it was
+    assert live["hard_nat"]["tries"] == {} and live["hard_nat"]["numbers"][P] == 2
     assert Engine.rebuilt(driver.log).state() == live
     restored = Engine.from_state(live)
     assert restored.state() == live
