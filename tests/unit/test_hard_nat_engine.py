@@ -294,3 +294,22 @@ def test_removing_the_peer_closes_its_attempts_sockets() -> None:
     reaction = driver.feed(PeerRemoved(at=2_000, peer=P))
     assert StopHardNatAttempt(peer=P, attempt=1) in reaction.commands
     assert P not in driver.engine.hard_nat.open
+
+
+def test_a_mapped_port_that_comes_after_the_punch_takes_over_the_punched_path() -> None:
+    """Kills: staying on a punched port (a socket the hard side's agent relays) once the peer's
+    router granted a mapping of WireGuard's own port (tests/e2e/test_hitless.py, UPnP)."""
+    mapped = "37.0.0.9:51820"
+    driver = relayed("symmetric", "port_restricted_cone")
+    driver.until(1_200)
+    driver.feed(HardNatPairMet(at=2_000, peer=P, attempt=1, endpoint=PUBLIC, local_port=9, probes_sent=0))
+    assert driver.engine.peers[P].path == PUBLIC
+    reaction = driver.feed(
+        CandidatesUpdated(at=3_000, peer=P, candidates=(mapped, PUBLIC), nat_type="full_cone")
+    )
+    reactions = [reaction, *driver.until(3_000)]
+    probed = [c.endpoint for r in reactions for c in r.commands if type(c).__name__ == "TryDirectEndpoint"]
+    assert mapped in probed
+    roam = driver.feed(HandshakeObserved(at=3_050, peer=P, endpoint=mapped))
+    assert SwitchPath(peer=P, endpoint=mapped) in roam.commands
+    assert driver.engine.peers[P].path == mapped
