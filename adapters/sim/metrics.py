@@ -35,7 +35,7 @@ Owns the definitions (docs/policies.md repeats them for readers):
   of the attempt's start; probes_per_success, easy-side probes of all attempts
   per meeting; hard_ttd p50/p95, from a peer's first attempt to its first direct
   path (never: infinite). The oracle makes no attempt (NaN: no data): it takes
-  the pair direct at once (sim_oracle).
+  the pair direct at once (sim_oracle), which its "went direct" shows.
 A metric with nothing to measure (no peer present, no network change) is NaN:
 "no data", never 0. In JSON (`to_json`) an infinite value is the string "inf"
 and a missing one `null`.

@@ -279,7 +279,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
         if (
             acc.working
             and not acc.relayed
-            and acc.hard_first_start is not None
+            and (acc.hard_first_start is not None or (self.oracle and acc.hard_pair))
             and acc.hard_direct_at is None
         ):
             acc.hard_direct_at = now

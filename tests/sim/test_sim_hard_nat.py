@@ -175,6 +175,8 @@ def test_pairs_a_plain_punch_opens_get_no_attempt_and_only_natrelay_attempts_by_
     assert run_policy(hard, preset("natrelay"), seed=7).hard_direct_share > 0.9
     for anchor in ("innernet", "formnet", "netbird", "tailscale"):
         assert run_policy(hard, preset(anchor), seed=7).hard_attempts == 0
+    oracle = run_policy(hard, None, seed=7)  # no attempt: it takes every hard pair direct at once
+    assert (oracle.hard_attempts, oracle.hard_direct_share) == (0, 1.0)
 
 
 def test_a_hard_nat_log_replays_and_verifies(tmp_path: Path) -> None:
