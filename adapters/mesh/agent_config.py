@@ -339,6 +339,11 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
         raise ConfigError(f"{source}: policy: {exc}") from None
     if "policy_file" in data:
         policy = _policy_file(data, source)
+        if policy.hard_nat_enabled and data_plane != "shared":
+            raise ConfigError(
+                f'{source}: policy_file: its hard_nat_enabled = true needs data_plane = "shared" '
+                f"(the only plane that carries a hard-NAT attempt out), and data_plane is {data_plane!r}"
+            )
     keepalive = data.get("persistent_keepalive", 1)
     if type(keepalive) is not int or not 1 <= keepalive <= 65535:
         raise _fail(f"{source}: persistent_keepalive", "an integer of seconds in 1-65535", keepalive)

@@ -101,6 +101,18 @@ def test_hard_nat_attempts_are_on_by_default_only_where_the_data_plane_carries_t
         assert load_config(path).policy.hard_nat_enabled is enabled, extra
 
 
+def test_a_policy_file_with_hard_nat_attempts_needs_the_shared_plane(tmp_path: Path) -> None:
+    """Kills an agent that takes a suggested policy (`whatif --sweep` writes natrelay's, attempts
+    on) onto a plane that cannot carry attempts out, spending every attempt's budget for nothing."""
+    (tmp_path / "tuned.toml").write_text("[policy]\nhard_nat_enabled = true\n")
+    path = tmp_path / "agent.toml"
+    path.write_text(MINIMAL + 'policy_file = "tuned.toml"\n')
+    assert load_config(path).policy.hard_nat_enabled
+    path.write_text(MINIMAL + 'policy_file = "tuned.toml"\ndata_plane = "proxy"\n')
+    with pytest.raises(ConfigError, match=r"agent\.toml: policy_file: its hard_nat_enabled = true needs"):
+        load_config(path)
+
+
 def test_the_agents_default_policy_is_the_one_the_simulator_measures(tmp_path: Path) -> None:
     """Kills an agent on the bare `Policy()` while BENCHMARKS.md measures natrelay's preset (a
     5 s relay connect, no retry of unanswered relay connects: what the wake goal was met with)."""
