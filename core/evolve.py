@@ -215,10 +215,14 @@ def fold_peer_removed(state: State, event: PeerRemoved) -> None:
 
 
 def fold_candidates(state: State, event: CandidatesUpdated) -> None:
+    """New candidates, or a new NAT in front of the same ones, are probed at once: a NAT
+    that changed (a router granting a port mapping turns a symmetric NAT into a full cone
+    for WireGuard's port) may open an endpoint that failed before."""
     record = state.peers[event.peer]
+    nat_changed = event.nat_type is not None and event.nat_type != record.nat_type
     if event.nat_type is not None:
         record.nat_type = event.nat_type
-    if event.candidates == record.candidates:
+    if event.candidates == record.candidates and not nat_changed:
         return  # nothing new to try (a duplicate report changes nothing)
     record.candidates = event.candidates
     _try_again_now(record, event.at)

@@ -313,3 +313,22 @@ def test_a_mapped_port_that_comes_after_the_punch_takes_over_the_punched_path() 
     roam = driver.feed(HandshakeObserved(at=3_050, peer=P, endpoint=mapped))
     assert SwitchPath(peer=P, endpoint=mapped) in roam.commands
     assert driver.engine.peers[P].path == mapped
+
+
+def test_a_mapping_of_the_same_endpoint_is_probed_when_the_peers_nat_changes() -> None:
+    """Kills: staying on the punched port when the router maps WireGuard's own port at the very
+    endpoint that failed before (the e2e PCP case: 198.51.99.101:51820 went from reflexive to
+    mapped, the peer's NAT from symmetric to full cone; the candidates did not change)."""
+    same = "37.0.0.9:51820"
+    driver = relayed("symmetric", "port_restricted_cone")
+    driver.feed(CandidatesUpdated(at=500, peer=P, candidates=(same, LAN), nat_type="symmetric"))
+    driver.until(1_600)
+    [attempt] = started(driver)
+    driver.feed(
+        HardNatPairMet(at=attempt.at + 900, peer=P, attempt=1, endpoint=PUBLIC, local_port=9, probes_sent=0)
+    )
+    assert driver.engine.peers[P].path == PUBLIC
+    reaction = driver.feed(CandidatesUpdated(at=4_000, peer=P, candidates=(same, LAN), nat_type="full_cone"))
+    reactions = [reaction, *driver.until(4_000)]
+    probed = [c.endpoint for r in reactions for c in r.commands if type(c).__name__ == "TryDirectEndpoint"]
+    assert same in probed
