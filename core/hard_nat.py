@@ -205,12 +205,13 @@ def maybe_end(engine: Engine, record: PeerRecord) -> bool:
     if tried is None:
         return False
     now, policy, key = engine.now, engine.policy, record.key
+    role, pairing = role_for(engine.local_nat, record.nat_type)
     if tried.deadline <= now:
         why = f"no pair met within {policy.hard_nat_timeout_ms} ms"
     elif record.state not in ATTEMPT_STATES:
         why = f"the peer is {record.state} now"
-    elif role_for(engine.local_nat, record.nat_type)[0] is None:
-        why = f"the pairing is no longer hard: {role_for(engine.local_nat, record.nat_type)[1]}"
+    elif role is None:
+        why = f"the pairing is no longer hard: {pairing}"
     else:
         return False
     failures = engine.hard_nat.failures.get(key, 0) + 1

@@ -96,9 +96,7 @@ class PeerRecord:
         self.probes_done = 0
         self.next_probe_at = None
 
-    #: Fields added since the snapshot format began go last, with the value a snapshot
-    #: written before them restores to (`from_state`).
-    _ADDED: tuple[tuple[str, Any], ...] = _ADDED_FIELDS
+    #: Fields added since the snapshot format began go last (`_ADDED_FIELDS`, `from_state`).
     _STATE_FIELDS = tuple(name for name in __slots__ if name not in _NOT_IN_SNAPSHOT) + tuple(
         name for name, _default in _ADDED_FIELDS
     )
@@ -113,8 +111,8 @@ class PeerRecord:
     def from_state(cls, state: list[Any]) -> PeerRecord:
         """A record from `to_state`'s list; one written before a field was added lacks it."""
         missing = len(cls._STATE_FIELDS) - len(state)
-        if 0 < missing <= len(cls._ADDED):
-            state = [*state, *(default for _name, default in cls._ADDED[-missing:])]
+        if 0 < missing <= len(_ADDED_FIELDS):
+            state = [*state, *(default for _name, default in _ADDED_FIELDS[-missing:])]
         made = cls.__new__(cls)
         for name, value in zip(cls._STATE_FIELDS, state, strict=True):
             setattr(made, name, tuple(value) if isinstance(value, list) else value)

@@ -332,18 +332,24 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
     data_plane = data.get("data_plane", DEFAULT_DATA_PLANE)
     if data_plane not in DATA_PLANES:
         raise _fail(f"{source}: data_plane", " or ".join(DATA_PLANES), data_plane)
-    policy_table = _hard_nat_default(_table(data.get("policy", {}), f"{source}: policy"), data_plane, source)
+    # Hard-NAT attempts (issue 16) are on by default where the data plane carries them out
+    # (`shared`, the default), off elsewhere.
+    policy_table = {
+        "hard_nat_enabled": data_plane == "shared",
+        **_table(data.get("policy", {}), f"{source}: policy"),
+    }
     try:
         policy = Policy.from_dict({**_NATRELAY_DEFAULT, **policy_table})
     except (v.InvalidValue, TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: policy: {exc}") from None
+    where = "policy.hard_nat_enabled"
     if "policy_file" in data:
-        policy = _policy_file(data, source)
-        if policy.hard_nat_enabled and data_plane != "shared":
-            raise ConfigError(
-                f'{source}: policy_file: its hard_nat_enabled = true needs data_plane = "shared" '
-                f"(the only plane that carries a hard-NAT attempt out), and data_plane is {data_plane!r}"
-            )
+        policy, where = _policy_file(data, source), "policy_file"
+    if policy.hard_nat_enabled and data_plane != "shared":  # every attempt would only time out
+        raise ConfigError(
+            f'{source}: {where}: its hard_nat_enabled = true needs data_plane = "shared", and data_plane '
+            f'is {data_plane!r} (only data_plane = "shared" carries a hard-NAT attempt out)'
+        )
     keepalive = data.get("persistent_keepalive", 1)
     if type(keepalive) is not int or not 1 <= keepalive <= 65535:
         raise _fail(f"{source}: persistent_keepalive", "an integer of seconds in 1-65535", keepalive)
@@ -384,20 +390,6 @@ def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
 #: measures (BENCHMARKS.md), not the bare `Policy()`, which keeps what a recorded log needs
 #: to re-decide as written (e.g. the relay connect timeout, the unanswered-relay window).
 _NATRELAY_DEFAULT: dict[str, Any] = attrs.asdict(natrelay_preset(), recurse=False)
-
-
-def _hard_nat_default(table: dict[str, Any], data_plane: str, source: str) -> dict[str, Any]:
-    """Hard-NAT attempts (issue 16) are on by default where the data plane carries them out
-    (`shared`, the default), off elsewhere; asking for them on another plane is an error,
-    since every attempt would only spend its budget and time out."""
-    if "hard_nat_enabled" not in table:
-        return {**table, "hard_nat_enabled": data_plane == "shared"}
-    if table["hard_nat_enabled"] is True and data_plane != "shared":
-        raise ConfigError(
-            f'{source}: policy.hard_nat_enabled: only data_plane = "shared" carries a hard-NAT '
-            f"attempt out, and data_plane is {data_plane!r}"
-        )
-    return table
 
 
 def _policy_file(data: dict[str, Any], source: str) -> Policy:

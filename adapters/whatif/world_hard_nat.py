@@ -58,7 +58,8 @@ class Punch:
     probes: int
     rate_per_s: int
     deadline: int
-    #: When a StopHardNatAttempt ended it unmet (the deadline, or the peer no longer relayed).
+    #: When a StopHardNatAttempt ended it unmet (the deadline; early: the peer left, took a
+    #: direct path some other way, or stopped being a hard pairing).
     stopped_at: int | None = None
     met: HardNatPairMet | None = None
     seq: int | None = None
