@@ -113,16 +113,16 @@ def check_closed(state: State, event: RelaySessionClosed) -> str | None:
 
 
 def check_pair_met(state: State, event: HardNatPairMet) -> str | None:
-    """A hard-NAT meeting applies only to the open attempt of a peer that is relayed or
-    waiting for a relay (issue 16)."""
+    """A hard-NAT meeting applies only to the open attempt of a peer in a state where the
+    policy runs attempts: relayed, waiting for a relay, or in its first direct round (issue 16)."""
     record = state._live(event.peer)
     if record is None:
         return f"peer {event.peer} is not in the mesh"
     tried = state.hard_nat.open.get(event.peer)
     if tried is None or tried.attempt != event.attempt:
         return f"no hard-NAT attempt {event.attempt} is open: late or duplicate"
-    if record.state not in (lc.RELAY_CONNECTED, lc.RELAY_ELIGIBLE):
-        return f"the peer is {record.state}, neither relayed nor waiting for a relay"
+    if record.state not in lc.hard_nat_states(with_first_round=state.policy.hard_nat_with_first_round):
+        return f"the peer is {record.state}: no hard-NAT attempt runs there"
     return None
 
 

@@ -343,7 +343,7 @@ def react_hard_nat_met(engine: Engine, event: HardNatPairMet) -> None:
     answer (hitless, in stepping), a peer no relay carries takes the found path at once."""
     hard_nat.succeed(engine, event)
     record = engine.peers[event.peer]
-    if record.state == lc.RELAY_ELIGIBLE:
+    if record.state in (lc.RELAY_ELIGIBLE, lc.DIRECT_TRYING):
         why = f"a hard-NAT attempt met on {event.endpoint}, and no relay carries the peer"
         select_direct(engine, record, event.endpoint, why)
     advance(engine, record)

@@ -34,6 +34,7 @@ from .events import (
     HardNatRole,
 )
 from .peers import PeerRecord
+from .policy import Policy
 from .reaction import emit
 from .state import State
 
@@ -41,7 +42,25 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 #: The lifecycle states in which an attempt may run: relayed, or waiting for a relay.
-ATTEMPT_STATES = frozenset({lc.RELAY_CONNECTED, lc.RELAY_ELIGIBLE})
+ATTEMPT_STATES = lc.HARD_NAT_STATES
+
+
+def attempt_states(policy: Policy) -> frozenset[str]:
+    """Where an attempt may run (and is not ended for the peer's state) under `policy`."""
+    return lc.hard_nat_states(with_first_round=policy.hard_nat_with_first_round)
+
+
+def beside_first_round(state: State, record: PeerRecord) -> bool:
+    """A new peer's first direct round, with `hard_nat_with_first_round`: the attempt may
+    start with it (in any mode: direct-trying, or waiting on a relay connect beside it)
+    instead of after it failed. Not for a peer that has lost a direct path (it may be
+    asleep or gone, and an attempt would aim at where it was)."""
+    return (
+        state.policy.hard_nat_with_first_round
+        and record.state in lc.EARLY_HARD_NAT_STATES
+        and record.lost_at is None
+        and state.attempts.attempts(record.key) + record.probes_done == 0
+    )
 
 
 def waiting_for_relay(state: State, record: PeerRecord) -> bool:
@@ -123,7 +142,8 @@ def blocked(state: State, record: PeerRecord) -> str | None:
         return "hard-NAT attempts are off for this peer"
     if not state.upgrades_allowed(record):
         return "the peer may not be upgraded to a direct path"
-    if record.state != lc.RELAY_CONNECTED and not waiting_for_relay(state, record):
+    early = beside_first_round(state, record)
+    if record.state != lc.RELAY_CONNECTED and not early and not waiting_for_relay(state, record):
         return f"the peer is {record.state}, neither relayed nor waiting for a relay"
     role, why = role_for(state.local_nat, record.nat_type)
     if role is None:
@@ -133,9 +153,9 @@ def blocked(state: State, record: PeerRecord) -> str | None:
     back = reporting_until(state, record)
     if back is not None and back > state.now:
         return f"the peer is back from an absence and has not said where it woke (waiting until {back} ms)"
-    if state.attempts.attempts(key) + record.probes_done == 0:
+    if not early and state.attempts.attempts(key) + record.probes_done == 0:
         return "no direct round has failed yet"
-    if state.attempts.open_round(key) is not None:
+    if not early and state.attempts.open_round(key) is not None:
         return "a direct round is open"
     tries = book.tries.get(key, 0)
     if key in book.next_at and book.next_at[key] is None:
@@ -176,9 +196,14 @@ def maybe_start(engine: Engine, record: PeerRecord) -> bool:
     deadline = now + policy.hard_nat_timeout_ms
     sockets, probes = policy.hard_nat_sockets, policy.hard_nat_probes
     failed = engine.attempts.attempts(key) + record.probes_done
-    where = "relayed" if record.state == lc.RELAY_CONNECTED else "no relay carries the peer"
+    if beside_first_round(engine, record):
+        where = "beside the peer's first direct round (both NAT types known)"
+    elif record.state == lc.RELAY_CONNECTED:
+        where = f"relayed, {failed} direct round(s) failed"
+    else:
+        where = f"no relay carries the peer, {failed} direct round(s) failed"
     reason = (
-        f"{where}, {failed} direct round(s) failed, and {why}: "
+        f"{where}, and {why}: "
         f"{sockets} sockets on the hard side, {probes} probes at {policy.hard_nat_probe_rate}/s "
         "from the easy side, "
         f"{policy.hard_nat_timeout_ms} ms"
@@ -208,7 +233,7 @@ def maybe_end(engine: Engine, record: PeerRecord) -> bool:
     role, pairing = role_for(engine.local_nat, record.nat_type)
     if tried.deadline <= now:
         why = f"no pair met within {policy.hard_nat_timeout_ms} ms"
-    elif record.state not in ATTEMPT_STATES:
+    elif record.state not in attempt_states(policy):
         why = f"the peer is {record.state} now"
     elif role is None:
         why = f"the pairing is no longer hard: {pairing}"
@@ -255,7 +280,7 @@ def wake_times(state: State, record: PeerRecord) -> list[int]:
     tried = state.hard_nat.open.get(record.key)
     if tried is not None:
         times.append(tried.deadline)
-    elif state.policy.hard_nat_enabled and record.state in ATTEMPT_STATES:
+    elif state.policy.hard_nat_enabled and record.state in attempt_states(state.policy):
         next_at = state.hard_nat.next_at.get(record.key)
         if next_at is not None and next_at > state.now:
             times.append(next_at)
@@ -273,6 +298,6 @@ def explain_line(state: State, record: PeerRecord) -> str | None:
     why = blocked(state, record)
     if why is None:
         return "hard NAT: an attempt may start now"
-    if record.state not in ATTEMPT_STATES:
+    if record.state not in attempt_states(state.policy):
         return None
     return f"hard NAT: no attempt — {why}"

@@ -95,13 +95,25 @@ TRANSITIONS: Final[tuple[dict[str, Any], ...]] = (
     {"trigger": "lose_path", "source": DIRECT_CONNECTED, "dest": PENDING},
     {"trigger": "lose_path", "source": RELAY_CONNECTED, "dest": RELAY_ELIGIBLE},
     {"trigger": "remove", "source": list(LIVE_STATES), "dest": REMOVED},
-    # a hard-NAT attempt runs beside the relay, or while the peer waits for one, and moves no
-    # state (issue 16); it may end in any live state (a plain probe found the path meanwhile)
-    {"trigger": "start_hard_nat", "source": [RELAY_CONNECTED, RELAY_ELIGIBLE], "dest": None},
-    {"trigger": "meet_hard_nat", "source": [RELAY_CONNECTED, RELAY_ELIGIBLE], "dest": None},
+    # a hard-NAT attempt runs beside the relay, while the peer waits for one, or beside a new
+    # peer's first direct round, and moves no state (issue 16); it may end in any live state
+    # (a plain probe found the path meanwhile)
+    {"trigger": "start_hard_nat", "source": [DIRECT_TRYING, RELAY_CONNECTED, RELAY_ELIGIBLE], "dest": None},
+    {"trigger": "meet_hard_nat", "source": [DIRECT_TRYING, RELAY_CONNECTED, RELAY_ELIGIBLE], "dest": None},
     {"trigger": "end_hard_nat", "source": list(LIVE_STATES), "dest": None},
     {"trigger": "add", "source": REMOVED, "dest": PENDING},
 )
+
+#: Where a hard-NAT attempt may run: relayed, or waiting for a relay...
+HARD_NAT_STATES: Final = frozenset({RELAY_CONNECTED, RELAY_ELIGIBLE})
+#: ...and beside a new peer's first direct round (`Policy.hard_nat_with_first_round`).
+EARLY_HARD_NAT_STATES: Final = HARD_NAT_STATES | {DIRECT_TRYING}
+
+
+def hard_nat_states(*, with_first_round: bool) -> frozenset[str]:
+    """The states in which a hard-NAT attempt may run, by the policy's one switch."""
+    return EARLY_HARD_NAT_STATES if with_first_round else HARD_NAT_STATES
+
 
 TRIGGERS: Final = tuple(dict.fromkeys(row["trigger"] for row in TRANSITIONS))
 

@@ -142,6 +142,14 @@ class Policy:
     #: whether its data plane carries one out; natrelay's preset and the agent with the
     #: shared data plane (which does) turn it on.
     hard_nat_enabled: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    #: Start the attempt beside a new peer's first direct round when both NAT types already
+    #: say a plain punch is hopeless, instead of after that round failed (`attempt_timeout_ms`,
+    #: 1 s) and the peer went to a relay: the round still runs, so a misreported NAT type costs
+    #: one attempt's budget, never the path, and whichever answers first is taken. Only for a
+    #: peer that has never lost a path (a lost one may be asleep or gone: its attempt waits for
+    #: a failed round and a relay answer, as before). On in natrelay's preset; off here, so
+    #: recorded logs re-decide as written.
+    hard_nat_with_first_round: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     #: Peers (public keys) never given a hard-NAT attempt.
     hard_nat_off_peers: tuple[str, ...] = attrs.field(default=(), converter=_keys, validator=_key_list)
     #: The budget of one attempt: sockets the hard side opens, probes the easy side sends...

@@ -98,7 +98,7 @@ def step(engine: Engine, record: PeerRecord) -> bool:
                 ),
             )
             return True
-        return maybe_round(engine, record, round_)
+        return maybe_round(engine, record, round_) or hard_nat.maybe_start(engine, record)
     if state == lc.RELAY_ELIGIBLE:
         if maybe_round(engine, record, round_):
             return True

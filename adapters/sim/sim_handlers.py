@@ -162,9 +162,18 @@ class NetworkHandlers:
         self.load_changes.append((at, 1))
         self._emit(RelaySessionEstablished(at=at, peer=key, relay=relay_id, session=session))
 
-    def _on_relay_failed(self, at: int, payload: tuple[str, str, str]) -> None:
-        key, relay_id, reason = payload
-        self._pending.pop((key, relay_id), None)
+    def _refuse(self, key: str, relay_id: str, now: int, at: int, reason: str) -> None:
+        """The relay will refuse this connect at `at`. The refusal is pending like a session:
+        closing the connect first (a direct path won meanwhile) voids it."""
+        refusal = f"refused@{now}"
+        self._pending[(key, relay_id)] = refusal
+        self._later(at, "relay_failed", (key, relay_id, reason, refusal))
+
+    def _on_relay_failed(self, at: int, payload: tuple[str, str, str, str]) -> None:
+        key, relay_id, reason, refusal = payload
+        if self._pending.get((key, relay_id)) != refusal:
+            return  # the connect was closed (or replaced) meanwhile: nobody waits for its answer
+        del self._pending[(key, relay_id)]
         self._emit(RelaySessionFailed(at=at, peer=key, relay=relay_id, reason=reason))
 
     def _on_relay_down(self, at: int, relay_id: str) -> None:

@@ -414,13 +414,13 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
             return
         if not relay.up:
             if now + RELAY_CONNECT_FAIL_MS < command.deadline:
-                self._later(now + RELAY_CONNECT_FAIL_MS, "relay_failed", (peer.key, relay.id, "unreachable"))
+                self._refuse(peer.key, relay.id, now, now + RELAY_CONNECT_FAIL_MS, "unreachable")
             return
         if not (peer.present and peer.awake):
             return  # the first handshake through the relay finds nobody: no session, no answer
         if len(relay.sessions) >= relay.capacity:
             self.over_capacity += 1
-            self._later(now + relay.rtt_ms, "relay_failed", (peer.key, relay.id, "at capacity"))
+            self._refuse(peer.key, relay.id, now, now + relay.rtt_ms, "at capacity")
             return
         draw = self._loss_rng[peer.key]
         # the first handshake through the relay still crosses the peer's lossy link

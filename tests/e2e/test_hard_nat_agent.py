@@ -79,7 +79,11 @@ def _one_try(mesh: Mesh) -> dict[str, object]:
     started = {n: _events(mesh, n, "hard_nat_attempt_started") for n in ("a", "b")}
     succeeded = {n: _events(mesh, n, "hard_nat_attempt_succeeded") for n in ("a", "b")}
     met = {n: _events(mesh, n, "hard_nat_pair_met") for n in ("a", "b")}
-    upgraded = {n: _events(mesh, n, "path_upgraded") for n in ("a", "b")}
+    # Relayed first, then upgraded; or, with the attempt beside the first round, the meeting
+    # may come before any relay session, and the found path is selected at once.
+    upgraded = {
+        n: _events(mesh, n, "path_upgraded") + _events(mesh, n, "direct_path_selected") for n in ("a", "b")
+    }
     roles = {n: [e.role for e in started[n]] for n in ("a", "b")}  # type: ignore[attr-defined]
     first_start = min(e.at for n in ("a", "b") for e in started[n])  # type: ignore[attr-defined]
     last_upgrade = max(e.at for n in ("a", "b") for e in upgraded[n])  # type: ignore[attr-defined]

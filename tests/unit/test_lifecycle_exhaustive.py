@@ -66,10 +66,11 @@ EXPECTED_ROWS: dict[str, tuple[str | None, ...]] = {
     "lose_path": (_, _, _, E, P, _),
     "remove": (X, X, X, X, X, _),
     "add": (_, _, _, _, _, P),
-    # a hard-NAT attempt (issue 16) starts and meets beside a relay or while the peer waits for
-    # one, moving nothing; it ends in any live state (a plain probe found the path meanwhile)
-    "start_hard_nat": (_, _, E, R, _, _),
-    "meet_hard_nat": (_, _, E, R, _, _),
+    # a hard-NAT attempt (issue 16) starts and meets beside a relay, while the peer waits for
+    # one, or beside a new peer's first direct round (`hard_nat_with_first_round`), moving
+    # nothing; it ends in any live state (a plain probe found the path meanwhile)
+    "start_hard_nat": (_, T, E, R, _, _),
+    "meet_hard_nat": (_, T, E, R, _, _),
     "end_hard_nat": (P, T, E, R, D, _),
 }
 COLUMNS = (P, T, E, R, D, X)
