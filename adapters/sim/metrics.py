@@ -19,9 +19,13 @@ Owns the definitions (docs/policies.md repeats them for readers):
 - switches_per_peer_hour: data-plane path changes (not counting a peer's
   first path) per peer-hour in the mesh;
 - peak_relay_load: the most relay sessions open at once;
-- recovery p50/p99: after a network change left a peer's path dead (a
-  rebinding, waking on another network, its relay going down), the time some
-  path existed until the peer's path worked again; never recovered: infinite;
+- recovery p50/p99: after a remote network change left a peer's path dead (a
+  rebinding, waking on another network), the time some path existed until the
+  peer's path worked again; never recovered: infinite;
+- failover p50/p99: the same after the peer's relay went down. Kept apart from
+  recovery because which peers a relay outage hits depends on the policy (one
+  that relays a pair another takes direct has more, and faster, failovers), so a
+  mixed percentile would compare different sets of changes;
 - blackout_share: time the peer's traffic was pointed at a path that did not
   work while some path existed, over the time some path existed (a dead path
   not yet noticed, or a probe that moved WireGuard off the live path);
@@ -99,6 +103,9 @@ class RunMetrics:
     recovery_p50_s: float
     recovery_p99_s: float
     recoveries: int
+    failover_p50_s: float
+    failover_p99_s: float
+    failovers: int
     blackout_share: float
     over_capacity_events: int
     events_appended: int
@@ -158,6 +165,7 @@ def compute(
     ]
     peer_hours = sum(a.present_ms for a in accounts) / 3_600_000
     recoveries = [ms / 1000 for a in accounts for ms in a.recoveries]
+    failovers = [ms / 1000 for a in accounts for ms in a.failovers]
     series = relay_series(load_changes)
     hard = [a for a in accounts if a.hard_pair]
     tried = [a for a in hard if a.hard_first_start is not None]
@@ -188,6 +196,9 @@ def compute(
         recovery_p50_s=percentile(recoveries, 0.50),
         recovery_p99_s=percentile(recoveries, 0.99),
         recoveries=len(recoveries),
+        failover_p50_s=percentile(failovers, 0.50),
+        failover_p99_s=percentile(failovers, 0.99),
+        failovers=len(failovers),
         blackout_share=_share(sum(a.blackout_ms for a in accounts), sum(a.possible_ms for a in accounts)),
         over_capacity_events=over_capacity,
         hard_pairs=len(hard),
@@ -208,7 +219,7 @@ def compute(
 HIGHER_IS_BETTER = frozenset({"connectivity", "connectivity_possible", "connected_time_share"})
 #: Not outcomes (sizes, costs of the run itself): never compared between policies.
 NOT_COMPARED = frozenset(
-    {"name", "peers", "recoveries", "events_appended", "wall_s"}
+    {"name", "peers", "recoveries", "failovers", "events_appended", "wall_s"}
     # hard-NAT attempts (issue 16): the oracle knows only what a plain punch opens
     | {"hard_pairs", "hard_direct_share", "hard_attempts", "hard_met_10s_share", "probes_per_success"}
     | {"hard_ttd_p50_s", "hard_ttd_p95_s"}

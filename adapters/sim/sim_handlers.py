@@ -192,7 +192,7 @@ class NetworkHandlers:
         relay.reserved.clear()
         self._later(at + RELAY_DOWN_DETECTION_MS, "relay_withdraw", relay_id)
         for key in hit:
-            self.network_changed(self.peers[key], at)
+            self.network_changed(self.peers[key], at, "relay")
         self._refresh_all(at)
         for key in closed:
             self.peers[key].silence_gen += 1  # the agent heard of it from TURN, not from silence

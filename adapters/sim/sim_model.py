@@ -76,6 +76,7 @@ class Account:
         "connected_possible_ms",
         "direct_possible",
         "direct_possible_ms",
+        "failovers",
         "first_direct_at",
         "first_direct_possible_at",
         "first_join_at",
@@ -98,6 +99,7 @@ class Account:
         "present_ms",
         "recoveries",
         "recovering",
+        "recovery_cause",
         "recovery_ms",
         "relayed",
         "relayed_ms",
@@ -123,8 +125,13 @@ class Account:
         self.last_working: tuple[str, ...] | None = None
         self.recovering = False
         self.recovery_ms = 0
-        #: Finished recoveries, ms of possible time each; math.inf: never recovered.
+        #: What left the path dead: "remote" (the peer's own network changed: a rebinding,
+        #: waking elsewhere) or "relay" (its relay went down).
+        self.recovery_cause = "remote"
+        #: Finished recoveries after a remote change, and failovers after a relay went down:
+        #: ms of possible time each; math.inf: never recovered.
         self.recoveries: list[float] = []
+        self.failovers: list[float] = []
         #: Hard NATs (issue 16): the pairing defeats a plain punch; attempts, meetings (within
         #: 10 s of their start), probes sent, the first attempt and the first direct path after it.
         self.hard_pair = False
@@ -157,7 +164,12 @@ class Account:
     def close(self) -> None:
         """End of the run: a recovery still open that had a path to recover to never ended."""
         if self.recovering and self.recovery_ms > 0:
-            self.recoveries.append(math.inf)
+            self.finish_recovery(math.inf)
+        self.recovering = False
+
+    def finish_recovery(self, ms: float) -> None:
+        """A recovery ended after `ms` of possible time (inf: never): count it by its cause."""
+        (self.failovers if self.recovery_cause == "relay" else self.recoveries).append(ms)
         self.recovering = False
 
 

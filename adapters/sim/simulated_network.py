@@ -264,8 +264,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
                 acc.switches += 1  # another path, or a new session after the old one died
             acc.last_working = using
             if acc.recovering:
-                acc.recoveries.append(acc.recovery_ms)
-                acc.recovering = False
+                acc.finish_recovery(acc.recovery_ms)
         elif was_working and peer.present and not self.oracle:
             self._schedule_silence(peer, now)
         if acc.working and acc.first_path_at is None:
@@ -293,14 +292,15 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
             at, silent = counter_silence_at_ms(died_at, peer.plane_since)
         self._later(at, "silent", (peer.key, peer.plane_token, peer.silence_gen, silent))
 
-    def network_changed(self, peer: SimPeer, now: int) -> None:
-        """A change of the network left the peer's path dead: a recovery starts (see Account)."""
+    def network_changed(self, peer: SimPeer, now: int, cause: str = "remote") -> None:
+        """A change of the network left the peer's path dead: a recovery starts (see Account);
+        `cause` is "remote" (the peer's network) or "relay" (its relay went down)."""
         self._update(peer, now)
         peer.loss_anchor = now
         acc = peer.account
         live = peer.present and peer.awake
         if live and not acc.working and acc.first_path_at is not None and not acc.recovering:
-            acc.recovering, acc.recovery_ms = True, 0
+            acc.recovering, acc.recovery_ms, acc.recovery_cause = True, 0, cause
 
     def _set_plane(self, peer: SimPeer, plane: tuple[str, str] | None, now: int) -> None:
         peer.probe_saved = None

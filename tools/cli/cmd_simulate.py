@@ -54,6 +54,8 @@ COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
     ("relayed while\ndirect existed", "relayed_share_while_direct_possible", "pct3", True),
     ("recovery\np50", "recovery_p50_s", "s", True),
     ("recovery\np99", "recovery_p99_s", "s", True),
+    ("failover\np50", "failover_p50_s", "s", True),
+    ("failover\np99", "failover_p99_s", "s", True),
     ("blackout", "blackout_share", "pct3", True),
     ("switches /\npeer-hour", "switches_per_peer_hour", "f2", True),
     ("peak relay\nsessions", "peak_relay_load", "int", True),
