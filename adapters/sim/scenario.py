@@ -83,7 +83,10 @@ class Dynamics:
     lossy_loss: float = 0.05
     rebinding_share: float = 0.1
     network_change_share: float = 0.05
-    sleep_ms: int = 120_000
+    #: How long a peer that changes network sleeps: each draws a length in [low, high]
+    #: (seeded per peer); sleeps of one fixed length put every waking peer in the same phase
+    #: of a policy's retry cycle, which measures the cycle's period, not the policy.
+    sleep_ms: tuple[int, int] = (120_000, 120_000)
     leave_share: float = 0.03
     rejoin_after_ms: int = 300_000
     candidate_report_delay_ms: int = 5_000
@@ -309,7 +312,7 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
         network_change_share=dyn.get(
             "network_change_share", base.network_change_share, _fraction, "a fraction in 0..1"
         ),
-        sleep_ms=dyn.get("sleep_s", base.sleep_ms, _ms, "seconds"),
+        sleep_ms=dyn.get("sleep_s", base.sleep_ms, _range(_ms), "seconds or [low, high]"),
         leave_share=dyn.get("leave_share", base.leave_share, _fraction, "a fraction in 0..1"),
         rejoin_after_ms=dyn.get("rejoin_after_s", base.rejoin_after_ms, _ms, "seconds"),
         candidate_report_delay_ms=dyn.get(

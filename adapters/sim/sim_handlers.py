@@ -13,8 +13,10 @@ from natrelay.adapters.sim.nat_model import NAT_TYPES, roaming_survives
 from natrelay.adapters.sim.sim_model import (
     HEALTH_EVERY_MS,
     REKEY_AFTER_MS,
+    REKEY_TIMEOUT_MS,
     RELAY_DOWN_DETECTION_MS,
 )
+from natrelay.core.commands import ConnectViaRelay
 from natrelay.core.events import (
     CandidatesUpdated,
     HandshakeObserved,
@@ -125,6 +127,8 @@ class NetworkHandlers:
             return
         if endpoint not in self.working_endpoints(peer):
             return  # the network changed while the handshake was in flight
+        if peer.hard_unshaken == endpoint:
+            peer.hard_unshaken = None  # this handshake set the session up
         self._emit(HandshakeObserved(at=at, peer=key, endpoint=endpoint))
 
     def _on_renew(self, at: int, payload: tuple[str, int]) -> None:
@@ -161,6 +165,24 @@ class NetworkHandlers:
         relay.sessions[key] = session
         self.load_changes.append((at, 1))
         self._emit(RelaySessionEstablished(at=at, peer=key, relay=relay_id, session=session))
+
+    def _retry_through_relay(self, key: str, command: ConnectViaRelay, now: int) -> None:
+        """The peer did not answer the initiation through the relay (asleep, away): WireGuard
+        sends the next one REKEY_TIMEOUT later, which a peer that woke meanwhile answers, if
+        the connect still waits then (a connect timeout above 5 s fits one retry)."""
+        at = now + REKEY_TIMEOUT_MS
+        if at >= command.deadline:
+            return
+        waiting = f"retry@{at}"
+        self._pending[(key, command.relay)] = waiting
+        self._later(at, "relay_retry", (key, command, waiting))
+
+    def _on_relay_retry(self, at: int, payload: tuple[str, ConnectViaRelay, str]) -> None:
+        key, command, waiting = payload
+        if self._pending.get((key, command.relay)) != waiting:
+            return  # the connect was closed (or replaced) meanwhile
+        del self._pending[(key, command.relay)]
+        self._connect_relay(self.peers[key], command, at)
 
     def _refuse(self, key: str, relay_id: str, now: int, at: int, reason: str) -> None:
         """The relay will refuse this connect at `at`. The refusal is pending like a session:

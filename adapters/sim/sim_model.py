@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import random
 
 from natrelay.adapters.sim.nat_model import NAT_TYPES, NatBehaviour
 from natrelay.adapters.sim.scenario import RelaySpec
@@ -101,6 +102,7 @@ class Account:
         "recovering",
         "recovery_cause",
         "recovery_ms",
+        "recovery_since",
         "relayed",
         "relayed_ms",
         "relayed_while_direct_ms",
@@ -128,10 +130,11 @@ class Account:
         #: What left the path dead: "remote" (the peer's own network changed: a rebinding,
         #: waking elsewhere) or "relay" (its relay went down).
         self.recovery_cause = "remote"
+        self.recovery_since = 0
         #: Finished recoveries after a remote change, and failovers after a relay went down:
-        #: ms of possible time each; math.inf: never recovered.
-        self.recoveries: list[float] = []
-        self.failovers: list[float] = []
+        #: (when the change came, ms of possible time until the path worked; math.inf: never).
+        self.recoveries: list[tuple[int, float]] = []
+        self.failovers: list[tuple[int, float]] = []
         #: Hard NATs (issue 16): the pairing defeats a plain punch; attempts, meetings (within
         #: 10 s of their start), probes sent, the first attempt and the first direct path after it.
         self.hard_pair = False
@@ -169,7 +172,8 @@ class Account:
 
     def finish_recovery(self, ms: float) -> None:
         """A recovery ended after `ms` of possible time (inf: never): count it by its cause."""
-        (self.failovers if self.recovery_cause == "relay" else self.recoveries).append(ms)
+        found = (self.recovery_since, ms)
+        (self.failovers if self.recovery_cause == "relay" else self.recoveries).append(found)
         self.recovering = False
 
 
@@ -182,6 +186,7 @@ class SimPeer:
         "dedicated_port",
         "hard_endpoint",
         "hard_token",
+        "hard_unshaken",
         "hard_where",
         "index",
         "key",
@@ -234,6 +239,9 @@ class SimPeer:
         #: A direct endpoint a hard-NAT attempt found; it works while the peer keeps the
         #: address and port it had then (`hard_where`). `hard_token` voids meetings in flight.
         self.hard_endpoint: str | None = None
+        #: The endpoint of a meeting that came while no WireGuard session was up: the path
+        #: taken to it carries the first handshake (`HardNatSim.switch_direct`).
+        self.hard_unshaken: str | None = None
         self.hard_where: tuple[str, int] | None = None
         self.hard_token = 0
         self.account = Account()
@@ -278,3 +286,10 @@ class Relay:
     def setup_ms(self) -> int:
         """TURN allocate, channel bind, first handshake through it: about three round trips."""
         return 3 * self.rtt_ms
+
+
+def sleep_length(bounds: tuple[int, int], seed: int, index: int) -> int:
+    """How long peer `index` sleeps (ms), drawn in `bounds` from its own stream: the run's
+    other draws stay what they were, and an exact length (low == high) draws nothing."""
+    low, high = bounds
+    return low if low == high else random.Random(f"sleep:{seed}:{index}").randint(low, high)

@@ -1,20 +1,18 @@
 """The NAT simulator: a seeded, discrete-event network behind the NetworkAdapter interface.
 
-Owns one vantage: a local node behind its NAT, the remote peers of the mesh
-(each behind its own NAT, on a link with latency and loss), the relays, and
-everything that happens to them over time (joins, leaves, rebinding, sleep and
-wake on a new network, relay outages and recoveries). It executes the engine's
-commands the way the real data plane would and emits what a real node would
-observe; it also records the ground truth (which paths physically exist, when)
-in an `Account` per peer, which the metrics read.
+Owns one vantage: a local node behind its NAT, the remote peers of the mesh (each
+behind its own NAT, on a link with latency and loss), the relays, and everything that
+happens to them over time (joins, leaves, rebinding, sleep, wake, relay outages). It executes the engine's
+commands the way the real data plane would and emits what a real node would observe;
+it records the ground truth (which paths exist, when) in an `Account` per peer.
 
 Rules:
 - no wall clock, no global randomness: every draw comes from generators seeded
   by the run's seed, and events at the same millisecond keep insertion order;
 - a direct attempt works only as WireGuard hole punching works (`nat_model.punch`);
-  a lost handshake is retried after REKEY_TIMEOUT (5 s), as WireGuard does, also
-  through a relay (the peer's lossy link is on both paths); once a session is up,
-  probing another endpoint is one authenticated round trip (WireGuard roaming);
+  a lost or unanswered handshake is retried after REKEY_TIMEOUT (5 s), as WireGuard
+  does, also through a relay; once a session is up, probing another endpoint is one
+  authenticated round trip (WireGuard roaming);
 - established paths renew their handshake every 120 s (REKEY_AFTER_TIME) while
   the path physically works; a broken path simply falls silent;
 - `oracle=True` runs without an engine: the simulator itself puts every peer on
@@ -44,6 +42,7 @@ from natrelay.adapters.sim.sim_model import (
     SimPeer,
     handshake_lost,
     peer_key,
+    sleep_length,
 )
 from natrelay.adapters.sim.sim_oracle import OracleStrategy, birthday_endpoint
 from natrelay.core.commands import (
@@ -208,7 +207,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
                 self._later(at, "rebind", (key, None))
             elif roll < dyn.rebinding_share + dyn.network_change_share:
                 self._later(at, "sleep", (key, None))
-                self._later(at + dyn.sleep_ms, "wake", (key, new_nat))
+                self._later(at + sleep_length(dyn.sleep_ms, self.seed, index), "wake", (key, new_nat))
             elif roll < dyn.rebinding_share + dyn.network_change_share + dyn.leave_share:
                 self._later(at, "leave", (key, None))
                 self._later(at + dyn.rejoin_after_ms, "join", (key, None))
@@ -300,7 +299,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
         acc = peer.account
         live = peer.present and peer.awake
         if live and not acc.working and acc.first_path_at is not None and not acc.recovering:
-            acc.recovering, acc.recovery_ms, acc.recovery_cause = True, 0, cause
+            acc.recovering, acc.recovery_ms, acc.recovery_cause, acc.recovery_since = True, 0, cause, now
 
     def _set_plane(self, peer: SimPeer, plane: tuple[str, str] | None, now: int) -> None:
         peer.probe_saved = None
@@ -326,7 +325,7 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
             self._connect_relay(peer, command, now)
         elif type(command) is SwitchPath:
             if command.endpoint is not None and command.relay is None:
-                self._set_plane(peer, ("direct", command.endpoint), now)
+                self.switch_direct(peer, command.endpoint, now)
             elif command.relay is not None:
                 self._set_plane(peer, ("relay", command.relay), now)
         elif type(command) is CloseRelaySession:
@@ -417,7 +416,8 @@ class SimNetwork(NetworkHandlers, OracleStrategy, HardNatSim):
                 self._refuse(peer.key, relay.id, now, now + RELAY_CONNECT_FAIL_MS, "unreachable")
             return
         if not (peer.present and peer.awake):
-            return  # the first handshake through the relay finds nobody: no session, no answer
+            self._retry_through_relay(peer.key, command, now)  # nobody answers this initiation
+            return
         if len(relay.sessions) >= relay.capacity:
             self.over_capacity += 1
             self._refuse(peer.key, relay.id, now, now + relay.rtt_ms, "at capacity")
@@ -487,6 +487,8 @@ _HANDLERS: dict[str, Any] = {
     "renew": SimNetwork._on_renew,
     "relay_established": SimNetwork._on_relay_established,
     "relay_failed": SimNetwork._on_relay_failed,
+    "relay_retry": SimNetwork._on_relay_retry,
+    "handshaken": SimNetwork._on_handshaken,
     "relay_down": SimNetwork._on_relay_down,
     "relay_withdraw": SimNetwork._on_relay_withdraw,
     "relay_up": SimNetwork._on_relay_up,

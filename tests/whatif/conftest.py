@@ -30,6 +30,9 @@ def outage() -> Scenario:
         PeerSpec(name="lossy", nat="restricted_cone", rtt_ms=50, loss=0.3),
         PeerSpec(name="lan", nat="port_restricted_cone", lan=True),
         PeerSpec(name="stale", nat="restricted_cone", rtt_ms=20, stale_candidate=True),
+        # a second plain cone: "port" wakes under a relay connect and answers WireGuard's retry
+        # through it, which test_whatif_vs_sim counts as chance; enough peers stay compared
+        PeerSpec(name="cone-far", nat="full_cone", rtt_ms=120, join_ms=1_000),
     )
     return Scenario(
         name="outage",

@@ -1,0 +1,89 @@
+"""The simulator where peers sleep and wake (issue 13): what a waking peer's relay path costs.
+
+Each test names the simulator defect it kills; the mutations that proved them are in the
+commit message that added them.
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from natrelay.adapters.sim.scenario import (
+    EventSpec,
+    PeerSpec,
+    RelaySpec,
+    Scenario,
+    ScenarioError,
+    parse_scenario,
+)
+from natrelay.adapters.sim.sim_model import sleep_length
+from natrelay.adapters.sim.simulated_network import SimNetwork
+from natrelay.core.commands import CloseRelaySession, ConnectViaRelay
+from natrelay.core.events import RelaySessionEstablished, RelaySessionFailed
+
+
+def asleep_until(wake_ms: int) -> Scenario:
+    """One UDP-blocked peer (a relay is its only path) that sleeps from 0.5 s to `wake_ms`."""
+    return Scenario(
+        name="wake-under-a-connect",
+        duration_ms=60_000,
+        local_nats=("port_restricted_cone",),
+        relays=(RelaySpec("r1", rtt_ms=40),),
+        peer_list=(PeerSpec(name="b", nat="udp_blocked", rtt_ms=50),),
+        events=(
+            EventSpec(at_ms=500, kind="sleep", peer="b"),
+            EventSpec(at_ms=wake_ms, kind="wake", peer="b"),
+        ),
+    )
+
+
+def opened_at(scenario: Scenario, timeout_ms: int, close_at: int | None = None) -> list[int]:
+    """When sessions open for one relay connect issued at 1 s with `timeout_ms`."""
+    network = SimNetwork(scenario, seed=1)
+    network.poll(1_000)
+    [peer] = network.peers.values()
+    network.execute(ConnectViaRelay(peer=peer.key, relay="r1", deadline=1_000 + timeout_ms), 1_000)
+    events = list(network.poll(close_at or 20_000))
+    if close_at is not None:
+        network.execute(CloseRelaySession(peer=peer.key, relay="r1"), close_at)
+        events += network.poll(20_000)
+    assert not [e for e in events if isinstance(e, RelaySessionFailed)]
+    return [e.at for e in events if isinstance(e, RelaySessionEstablished)]
+
+
+def test_a_peer_that_wakes_under_a_relay_connect_answers_wireguards_next_initiation() -> None:
+    """Kills a relay connect a peer asleep when it was issued can never answer: WireGuard sends
+    its initiation through the relay again 5 s later (REKEY_TIMEOUT), which a peer awake by
+    then answers; the simulator charged such a peer the whole connect and the next one."""
+    [at] = opened_at(asleep_until(3_000), timeout_ms=6_000)
+    assert 6_000 < at < 6_500  # the retry at 1 s + 5 s, plus the relay's setup
+    assert opened_at(asleep_until(3_000), timeout_ms=5_000) == []  # the retry falls at its deadline
+    assert opened_at(asleep_until(7_000), timeout_ms=6_000) == []  # still asleep at the retry
+
+
+def test_a_closed_connect_is_not_retried() -> None:
+    """Kills a retry that outlives its connect (a session the engine no longer waits for)."""
+    assert opened_at(asleep_until(3_000), timeout_ms=6_000, close_at=4_000) == []
+
+
+def test_sleep_lengths_are_drawn_per_peer_within_the_scenario_bounds() -> None:
+    """Kills sleeps of one fixed length for every peer of a range (each waking peer then meets
+    a policy's retry cycle in the same phase: `wake` at exactly 60 s measured netbird's 15 s
+    period, not its policy), and draws that are not reproducible from the seed."""
+    assert sleep_length((60_000, 60_000), 7, 3) == 60_000
+    drawn = [sleep_length((10_000, 60_000), 7, index) for index in range(300)]
+    assert 10_000 <= min(drawn) < 15_000 and 55_000 < max(drawn) <= 60_000
+    assert len(set(drawn)) > 250
+    assert drawn == [sleep_length((10_000, 60_000), 7, index) for index in range(300)]
+    assert drawn != [sleep_length((10_000, 60_000), 8, index) for index in range(300)]
+
+
+def test_the_sleep_range_is_parsed_and_a_reversed_one_refused() -> None:
+    """Kills a range read backwards or a bad one accepted without naming the key."""
+    parsed = parse_scenario({"dynamics": {"sleep_s": [10, 60]}}, "x.toml").dynamics
+    assert parsed.sleep_ms == (10_000, 60_000)
+    assert parse_scenario({"dynamics": {"sleep_s": 90}}, "x.toml").dynamics.sleep_ms == (90_000, 90_000)
+    with pytest.raises(ScenarioError, match=r"x\.toml: key 'dynamics\.sleep_s'"):
+        parse_scenario({"dynamics": {"sleep_s": [60, 10]}}, "x.toml")
+    assert attrs.evolve(parsed, sleep_ms=(5, 5)).sleep_ms == (5, 5)
