@@ -7,7 +7,9 @@ the local agent plays the role the engine chose, the remote agent the other one
 from the two sides' true NAT behaviours and the scenario's port rules. A pair
 that met is reported as `HardNatPairMet` when both sides know it; the found
 endpoint then carries a direct path (`working_endpoints`) until either side's
-address changes. `HardNatSim` is a part of `SimNetwork` (`simulated_network`).
+address changes; a peer with no WireGuard session yet (the attempt ran beside its
+first round) has its first handshake carried by it, at the link's round trip and
+loss (`switch_direct`). `HardNatSim` is a part of `SimNetwork` (`simulated_network`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import random
 
 from natrelay.adapters.sim.birthday import PortRules, TimedNat, run_attempt
 from natrelay.adapters.sim.nat_model import hard_pairing
-from natrelay.adapters.sim.sim_model import SimPeer
+from natrelay.adapters.sim.sim_model import MAX_HANDSHAKE_TRIES, REKEY_TIMEOUT_MS, SimPeer
 from natrelay.core.commands import StartHardNatAttempt
 from natrelay.core.events import HardNatPairMet
 
@@ -82,9 +84,31 @@ class HardNatSim:
         acc.hard_met += 1
         acc.hard_met_10s += at - (acc.hard_last_start or at) <= 10_000
         peer.hard_endpoint, peer.hard_where = endpoint, (peer.public_ip, peer.port)
+        peer.hard_unshaken = None if self._plane_works(peer) else endpoint  # type: ignore[attr-defined]
         self._update(peer, at)  # type: ignore[attr-defined]
         self._emit(  # type: ignore[attr-defined]
             HardNatPairMet(
                 at=at, peer=key, attempt=attempt, endpoint=endpoint, local_port=port, probes_sent=probes
             )
         )
+
+    def switch_direct(self, peer: SimPeer, endpoint: str, now: int) -> None:
+        """`SwitchPath` to a direct endpoint. A WireGuard session (over a relay or another
+        endpoint) roams to it at once; with none, as after a meeting beside the first round,
+        the path works once the first handshake over it completes (a round trip; a lost one
+        is retried after REKEY_TIMEOUT, as for any first handshake)."""
+        fresh = endpoint == peer.hard_unshaken and not self._plane_works(peer)  # type: ignore[attr-defined]
+        peer.hard_unshaken = None
+        if not fresh:
+            self._set_plane(peer, ("direct", endpoint), now)  # type: ignore[attr-defined]
+            return
+        took = self._handshake_ms(peer, peer.rtt_ms, now)  # type: ignore[attr-defined]
+        self._set_plane(peer, None, now)  # type: ignore[attr-defined]
+        at = now + (took if took is not None else MAX_HANDSHAKE_TRIES * REKEY_TIMEOUT_MS)
+        self._later(at, "handshaken", (peer.key, endpoint, peer.plane_token))  # type: ignore[attr-defined]
+
+    def _on_handshaken(self, at: int, payload: tuple[str, str, int]) -> None:
+        key, endpoint, token = payload
+        peer: SimPeer = self.peers[key]  # type: ignore[attr-defined]
+        if peer.plane_token == token:  # nothing else was chosen meanwhile
+            self._set_plane(peer, ("direct", endpoint), at)  # type: ignore[attr-defined]
