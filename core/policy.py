@@ -101,11 +101,12 @@ class Policy:
     #: them: they work, the peer did not answer: it sleeps or is offline) is retried at once,
     #: not after `relay_retry_ms`, while the peer has gone unanswered for less than this long
     #: in a row (each such connect waited out `relay_connect_timeout_ms`). A connect set up
-    #: while the peer slept is never answered, so only a fresh one notices it back before its
-    #: new candidates are reported, and the connect timeout already paces them like the
-    #: handshake retries WireGuard itself sends to a peer that does not answer (one per 5 s,
-    #: REKEY_TIMEOUT, for 90 s, REKEY_ATTEMPT_TIME, which the natrelay preset takes). After
-    #: the window a peer that stays away costs what it did before (issue 13, `wake`). A full
+    #: while the peer slept is answered at best by WireGuard's next initiation (one per 5 s,
+    #: REKEY_TIMEOUT), so only a fresh one keeps noticing it back before its new candidates
+    #: are reported; the connect timeout paces them like those initiations (natrelay's preset:
+    #: 10 minutes, a laptop's short sleep; WireGuard's own REKEY_ATTEMPT_TIME, 90 s, missed
+    #: every sleep longer than that). After the window a peer that stays away costs what it
+    #: did before (issue 13, `wake`, `mesh`). A full
     #: or refusing relay still waits `relay_retry_ms`. 0: off (the behaviour before it
     #: existed, which recorded logs re-decide with).
     relay_unanswered_window_ms: int = attrs.field(default=0, validator=v.non_negative_int)

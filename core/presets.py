@@ -145,10 +145,11 @@ def natrelay() -> Policy:
     `max_relay_load` only left freed slots unused until the next health report (at 10,000
     peers on `mesh`, 97.6 % connected instead of the oracle's 98.7 %); and a round of relay
     connects the peer never answered (asleep, offline: the relays took them) is tried again at
-    once for 90 s, WireGuard's REKEY_ATTEMPT_TIME, not after the 10 s relay retry: only a fresh
-    connect notices a peer that woke before its new candidates are reported (issue 13, `wake`
-    seed 7: connected time 99.857 % -> 99.923 %, the oracle's 99.992 %; recovery p50 5.075 s
-    -> 2.628 s, the middle of the 6 s connect timeout whatever the sleep length); and a new
+    once for 10 minutes, not after the 10 s relay retry: only a fresh connect (or WireGuard's
+    next initiation through one) notices a peer that woke before its new candidates are
+    reported (issue 13, `wake` seed 7: connected time 99.857 % -> 99.923 %, the oracle's
+    99.992 %; a window of 90 s, WireGuard's REKEY_ATTEMPT_TIME, left `mesh`'s 1-5 minute
+    sleeps to the report: recovery p50 3.09 s, 2.60 s with 10 minutes); and a new
     peer's hard-NAT attempt starts with its first direct round when both NAT types say a plain
     punch is hopeless (`relay-scarce`: connected time 0.106 -> 0.079 pp from the oracle).
     """
@@ -158,7 +159,7 @@ def natrelay() -> Policy:
         max_relay_load=100,
         hard_nat_enabled=True,
         hard_nat_with_first_round=True,
-        relay_unanswered_window_ms=90_000,
+        relay_unanswered_window_ms=600_000,
     )
 
 

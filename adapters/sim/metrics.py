@@ -120,11 +120,15 @@ class RunMetrics:
     #: Not in the table: per-peer time to first path (s), and relay sessions over time.
     ttfp_samples: tuple[float, ...] = attrs.field(default=(), repr=False)
     relay_series: tuple[tuple[int, int], ...] = attrs.field(default=(), repr=False)
+    #: Not in the table: each recovery and failover as (peer's account index, when the change
+    #: came, s), so that two runs of one scenario and seed can be compared change by change.
+    recovery_samples: tuple[tuple[int, int, float], ...] = attrs.field(default=(), repr=False)
+    failover_samples: tuple[tuple[int, int, float], ...] = attrs.field(default=(), repr=False)
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self)
-        data.pop("ttfp_samples")
-        data.pop("relay_series")
+        for name in ("ttfp_samples", "relay_series", "recovery_samples", "failover_samples"):
+            data.pop(name)
         return {k: json_number(v) for k, v in data.items()}
 
 
@@ -164,8 +168,10 @@ def compute(
         if a.first_direct_possible_at is not None
     ]
     peer_hours = sum(a.present_ms for a in accounts) / 3_600_000
-    recoveries = [ms / 1000 for a in accounts for ms in a.recoveries]
-    failovers = [ms / 1000 for a in accounts for ms in a.failovers]
+    recovered = tuple((i, at, ms / 1000) for i, a in enumerate(accounts) for at, ms in a.recoveries)
+    failed_over = tuple((i, at, ms / 1000) for i, a in enumerate(accounts) for at, ms in a.failovers)
+    recoveries = [s for _, _, s in recovered]
+    failovers = [s for _, _, s in failed_over]
     series = relay_series(load_changes)
     hard = [a for a in accounts if a.hard_pair]
     tried = [a for a in hard if a.hard_first_start is not None]
@@ -211,6 +217,8 @@ def compute(
         events_appended=events_appended,
         wall_s=wall_s,
         ttfp_samples=tuple(ttfp),
+        recovery_samples=recovered,
+        failover_samples=failed_over,
         relay_series=series,
     )
 
@@ -280,3 +288,43 @@ def best_of(first: RunMetrics, second: RunMetrics) -> RunMetrics:
             changes[name] = value
     changes["wall_s"] = first.wall_s + second.wall_s
     return attrs.evolve(first, **changes)
+
+
+@attrs.frozen
+class Paired:
+    """Two runs of one scenario and seed on the changes both had to recover from (issue 13).
+
+    Which changes leave a path dead depends on the policy (a pair one policy relays, and whose
+    relay outlives a rebinding, another takes direct), so each run's own percentiles compare
+    different sets of changes; these compare the same ones, and count the rest apart.
+    """
+
+    common: int
+    ours_p50_s: float
+    ours_p99_s: float
+    theirs_p50_s: float
+    theirs_p99_s: float
+    faster: int
+    slower: int
+    only_ours: int
+    only_theirs: int
+
+
+def paired(ours: RunMetrics, theirs: RunMetrics, kind: str = "recovery") -> Paired:
+    """`ours` against `theirs` on the changes (peer, moment) both recovered from; `kind` is
+    "recovery" (remote network changes) or "failover" (a relay went down)."""
+    mine = {(i, at): s for i, at, s in getattr(ours, f"{kind}_samples")}
+    other = {(i, at): s for i, at, s in getattr(theirs, f"{kind}_samples")}
+    both = sorted(mine.keys() & other.keys())
+    a, b = [mine[k] for k in both], [other[k] for k in both]
+    return Paired(
+        common=len(both),
+        ours_p50_s=percentile(a, 0.50),
+        ours_p99_s=percentile(a, 0.99),
+        theirs_p50_s=percentile(b, 0.50),
+        theirs_p99_s=percentile(b, 0.99),
+        faster=sum(x < y for x, y in zip(a, b, strict=True)),
+        slower=sum(x > y for x, y in zip(a, b, strict=True)),
+        only_ours=len(mine.keys() - other.keys()),
+        only_theirs=len(other.keys() - mine.keys()),
+    )
