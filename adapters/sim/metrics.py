@@ -254,19 +254,37 @@ COSTS = frozenset({"switches_per_peer_hour", "relayed_share_while_direct_possibl
 SHARE_TIE = 1e-5
 
 
+#: Percentiles over the changes that left a path dead, which differ between runs: compared on
+#: the changes both runs lost a path to (`paired`).
+PER_CHANGE = {
+    "recovery_p50_s": ("recovery", "p50"),
+    "recovery_p99_s": ("recovery", "p99"),
+    "failover_p50_s": ("failover", "p50"),
+    "failover_p99_s": ("failover", "p99"),
+}
+
+
 def beats(policy: RunMetrics, bound: RunMetrics) -> list[str]:
-    """The metrics on which `policy` does strictly better than `bound` (for the oracle: none)."""
+    """The metrics on which `policy` does strictly better than `bound` (for the oracle: none).
+    Recovery and failover percentiles are compared on the changes both lost a path to: each
+    run's own set differs (matrix seed 3: natrelay's p99 5.18 s over its 152 changes, the
+    oracle's 10.07 s over its 138, while on every change both had the oracle was as fast)."""
     found = []
     ours, theirs = comparable(policy), comparable(bound)
     share = "connected_time_share"
     delivered = not better(share, theirs[share], ours[share])
     for name, value in ours.items():
+        against = theirs[name]
         if name in COSTS and not delivered:
             continue
-        if name.endswith("_share") and abs(value - theirs[name]) < SHARE_TIE:
+        if name.endswith("_share") and abs(value - against) < SHARE_TIE:
             continue
-        if better(name, value, theirs[name]):
-            found.append(f"{name}: {policy.name} {value!r}, {bound.name} {theirs[name]!r}")
+        if name in PER_CHANGE:
+            kind, rank = PER_CHANGE[name]
+            pair = paired(policy, bound, kind)
+            value, against = getattr(pair, f"ours_{rank}_s"), getattr(pair, f"theirs_{rank}_s")
+        if better(name, value, against):
+            found.append(f"{name}: {policy.name} {value!r}, {bound.name} {against!r}")
     return found
 
 
@@ -280,13 +298,19 @@ def better(name: str, a: float, b: float) -> bool:
 def best_of(first: RunMetrics, second: RunMetrics) -> RunMetrics:
     """Metric by metric, the better of two runs (the oracle row: each metric's physical limit).
 
-    The samples behind the plot come from `first`.
+    The samples behind the plot come from `first`; each change's recovery (and failover) is
+    the faster of the two runs', so that `paired` compares a policy with the limit per change.
     """
     changes: dict[str, Any] = {}
     for name, value in comparable(second).items():
         if better(name, value, getattr(first, name)):
             changes[name] = value
     changes["wall_s"] = first.wall_s + second.wall_s
+    for kind in ("recovery_samples", "failover_samples"):
+        fastest: dict[tuple[int, int], float] = {}
+        for index, at, took in (*getattr(first, kind), *getattr(second, kind)):
+            fastest[(index, at)] = min(took, fastest.get((index, at), math.inf))
+        changes[kind] = tuple((index, at, took) for (index, at), took in sorted(fastest.items()))
     return attrs.evolve(first, **changes)
 
 

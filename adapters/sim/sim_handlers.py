@@ -72,12 +72,15 @@ class NetworkHandlers:
         peer.dedicated_port = peer.port + 1
         self.network_changed(peer, at)
         self._later(at + self.scenario.dynamics.candidate_report_delay_ms, "report", peer.key)
-        if peer.plane == ("direct", old) and not peer.lan and roaming_survives(self.local):
-            # the peer's keepalives now come from the new port; WireGuard roams to it
+        on_direct = peer.plane is not None and peer.plane[0] == "direct" and not peer.lan
+        roams = on_direct and roaming_survives(self.local)
+        roams = roams and self._direct_result(peer, peer.reflexive) is not None
+        if roams and peer.plane == ("direct", old):
+            # the peer's keepalives now come from the new port; WireGuard roams to it: no
+            # handshake, one trip of data (the oracle's direct path roams the same way)
             new = self._direct_result(peer, peer.reflexive)
-            if new is not None:
-                self._later(at + peer.rtt_ms, "handshake", (peer.key, new, peer.plane_token, True))
-        self._oracle_choose(peer, at)
+            self._later(at + peer.rtt_ms, "handshake", (peer.key, new, peer.plane_token, True))
+        self._oracle_choose(peer, at, roam_ms=peer.rtt_ms if roams else None)
 
     def _on_sleep(self, at: int, payload: tuple[str, str | None]) -> None:
         peer = self.peers[payload[0]]
@@ -104,10 +107,12 @@ class NetworkHandlers:
             and self.local.filtering in ("open", "endpoint_independent")
             and not self.local.udp_blocked
         ):
-            # the peer's WireGuard initiates toward us from its new address; an open filter lets it in
+            # the peer's WireGuard initiates toward us from its new address; an open filter lets
+            # it in (a new handshake: its loss is paid as the oracle's is)
             new = self._direct_result(peer, peer.reflexive)
-            if new is not None:
-                self._later(at + peer.rtt_ms, "handshake", (peer.key, new, peer.plane_token, True))
+            took = self._handshake_ms(peer, peer.rtt_ms, at)
+            if new is not None and took is not None:
+                self._later(at + took, "handshake", (peer.key, new, peer.plane_token, True))
         self._oracle_choose(peer, at)
 
     def _on_report(self, at: int, key: str) -> None:

@@ -43,8 +43,10 @@ def birthday_endpoint(peer: SimPeer) -> str:
 class OracleStrategy:
     """The oracle's choices, run from the simulator's handlers."""
 
-    def _oracle_choose(self, peer: SimPeer, at: int) -> None:
-        """Put the peer on its best working path as fast as physics allows (see the module doc)."""
+    def _oracle_choose(self, peer: SimPeer, at: int, roam_ms: int | None = None) -> None:
+        """Put the peer on its best working path as fast as physics allows (see the module doc);
+        `roam_ms`: the peer's packets reach us from its new address on their own (a rebinding
+        our filter admits), so its direct session roams there in that long, with no handshake."""
         if not self.oracle:
             return
         key = peer.key
@@ -75,8 +77,10 @@ class OracleStrategy:
             return
         self._oracle_waiting.pop(key, None)
         if best[0] == "direct":
-            took = peer.rtt_ms
-            if not works:
+            took: int | None = peer.rtt_ms
+            if not works and roam_ms is not None:
+                took = roam_ms
+            elif not works:
                 self._oracle_release(peer, at)
                 took = self._handshake_ms(peer, peer.rtt_ms, at)
                 bridge = self.best_relay(key) if self.oracle_bridge else None
