@@ -10,6 +10,9 @@ peer on its best working path as soon as physics allows, with no engine:
   initiation per peer per REKEY_TIMEOUT, whatever the endpoint: no sender can
   resend sooner), with the same fate as every run's try in that slot
   (`sim_model.handshake_lost`);
+- after a rebinding our filter admits, the peer's packets from its new port make
+  WireGuard roam its direct session there in a one-way trip, with no handshake to lose,
+  as they do for any agent (`roam_ms`);
 - direct is best; a peer with no direct path takes the best relay with room;
 - a hard pairing (issue 16: a symmetric NAT against a port-restricted cone, a
   firewall or another symmetric NAT) is direct too: the oracle knows which port
