@@ -11,7 +11,7 @@ peer on its best working path as soon as physics allows, with no engine:
   resend sooner), with the same fate as every run's try in that slot
   (`sim_model.handshake_lost`);
 - after a rebinding our filter admits, the peer's packets from its new port make
-  WireGuard roam its direct session there in a one-way trip, with no handshake to lose,
+  WireGuard roam its direct session there in one round trip, with no handshake to lose,
   as they do for any agent (`roam_ms`);
 - direct is best; a peer with no direct path takes the best relay with room;
 - a hard pairing (issue 16: a symmetric NAT against a port-restricted cone, a
