@@ -92,19 +92,26 @@ def test_the_sleep_range_is_parsed_and_a_reversed_one_refused() -> None:
     assert attrs.evolve(parsed, sleep_ms=(5, 5)).sleep_ms == (5, 5)
 
 
+def lossy_cone_behind_our_full_cone(*events: EventSpec) -> Scenario:
+    """A full-cone peer on a link losing half its packets, behind a local full cone (whose
+    filter admits the peer's packets from a new port or address): every first handshake
+    is a gamble, a roam is not."""
+    return Scenario(
+        name="lossy-cone",
+        duration_ms=120_000,
+        local_nats=("full_cone",),
+        relays=(RelaySpec("r1", rtt_ms=40),),
+        peer_list=(PeerSpec(name="c", nat="full_cone", rtt_ms=50, loss=0.5),),
+        events=events,
+    )
+
+
 def test_the_oracle_roams_after_a_rebinding_as_an_agent_does() -> None:
     """Kills an oracle that pays a new handshake (and its loss: 5 s per lost slot) where the
     peer's packets from its new port reach us on their own and WireGuard roams to it: natrelay,
     roaming, then beat the bound (matrix seed 3: 0.07 s against the oracle's 10.07 s)."""
+    scenario = lossy_cone_behind_our_full_cone(EventSpec(at_ms=60_000, kind="rebind", peer="c"))
     for seed in range(1, 9):
-        scenario = Scenario(
-            name="rebind-lossy",
-            duration_ms=120_000,
-            local_nats=("full_cone",),  # its filter admits the peer's new port
-            relays=(RelaySpec("r1", rtt_ms=40),),
-            peer_list=(PeerSpec(name="c", nat="full_cone", rtt_ms=50, loss=0.5),),
-            events=(EventSpec(at_ms=60_000, kind="rebind", peer="c"),),
-        )
         oracle = run_policy(scenario, None, seed=seed)
         assert [took for _, _, took in oracle.recovery_samples] == [0.05], seed
         natrelay = run_policy(scenario, preset("natrelay"), seed=seed)
@@ -114,19 +121,12 @@ def test_the_oracle_roams_after_a_rebinding_as_an_agent_does() -> None:
 def test_a_woken_peers_initiation_toward_us_pays_handshake_loss() -> None:
     """Kills the first handshake of a peer that woke elsewhere crossing its lossy link for free
     (natrelay then recovered before the oracle, which pays the loss of every first handshake)."""
+    scenario = lossy_cone_behind_our_full_cone(
+        EventSpec(at_ms=30_000, kind="sleep", peer="c"),
+        EventSpec(at_ms=60_000, kind="wake", peer="c", nat="full_cone"),
+    )
     faster = []
     for seed in range(1, 9):
-        scenario = Scenario(
-            name="wake-lossy",
-            duration_ms=120_000,
-            local_nats=("full_cone",),  # its filter lets the peer's initiation in
-            relays=(RelaySpec("r1", rtt_ms=40),),
-            peer_list=(PeerSpec(name="c", nat="full_cone", rtt_ms=50, loss=0.5),),
-            events=(
-                EventSpec(at_ms=30_000, kind="sleep", peer="c"),
-                EventSpec(at_ms=60_000, kind="wake", peer="c", nat="full_cone"),
-            ),
-        )
         oracle = run_policy(scenario, None, seed=seed)
         natrelay = run_policy(scenario, preset("natrelay"), seed=seed)
         faster += [seed for name in beats(natrelay, oracle) if name.startswith("recovery")]
