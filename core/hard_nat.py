@@ -41,9 +41,6 @@ from .state import State
 if TYPE_CHECKING:
     from .engine import Engine
 
-#: The lifecycle states in which an attempt may run: relayed, or waiting for a relay.
-ATTEMPT_STATES = lc.HARD_NAT_STATES
-
 
 def attempt_states(policy: Policy) -> frozenset[str]:
     """Where an attempt may run (and is not ended for the peer's state) under `policy`."""

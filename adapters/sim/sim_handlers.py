@@ -77,7 +77,7 @@ class NetworkHandlers:
         roams = roams and self._direct_result(peer, peer.reflexive) is not None
         if roams and peer.plane == ("direct", old):
             # the peer's keepalives now come from the new port; WireGuard roams to it: no
-            # handshake, one trip of data (the oracle's direct path roams the same way)
+            # handshake, the link's round trip (the oracle's direct path roams the same way)
             new = self._direct_result(peer, peer.reflexive)
             self._later(at + peer.rtt_ms, "handshake", (peer.key, new, peer.plane_token, True))
         self._oracle_choose(peer, at, roam_ms=peer.rtt_ms if roams else None)
