@@ -271,6 +271,7 @@ def beats(policy: RunMetrics, bound: RunMetrics) -> list[str]:
     oracle's 10.07 s over its 138, while on every change both had the oracle was as fast)."""
     found = []
     ours, theirs = comparable(policy), comparable(bound)
+    pairs = {kind: paired(policy, bound, kind) for kind in ("recovery", "failover")}
     share = "connected_time_share"
     delivered = not better(share, theirs[share], ours[share])
     for name, value in ours.items():
@@ -281,8 +282,7 @@ def beats(policy: RunMetrics, bound: RunMetrics) -> list[str]:
             continue
         if name in PER_CHANGE:
             kind, rank = PER_CHANGE[name]
-            pair = paired(policy, bound, kind)
-            value, against = getattr(pair, f"ours_{rank}_s"), getattr(pair, f"theirs_{rank}_s")
+            value, against = getattr(pairs[kind], f"ours_{rank}_s"), getattr(pairs[kind], f"theirs_{rank}_s")
         if better(name, value, against):
             found.append(f"{name}: {policy.name} {value!r}, {bound.name} {against!r}")
     return found

@@ -72,15 +72,15 @@ class NetworkHandlers:
         peer.dedicated_port = peer.port + 1
         self.network_changed(peer, at)
         self._later(at + self.scenario.dynamics.candidate_report_delay_ms, "report", peer.key)
+        new = None  # where a direct session roams: the peer's packets from its new port reach us
         on_direct = peer.plane is not None and peer.plane[0] == "direct" and not peer.lan
-        roams = on_direct and roaming_survives(self.local)
-        roams = roams and self._direct_result(peer, peer.reflexive) is not None
-        if roams and peer.plane == ("direct", old):
+        if on_direct and roaming_survives(self.local):
+            new = self._direct_result(peer, peer.reflexive)
+        if new is not None and peer.plane == ("direct", old):
             # the peer's keepalives now come from the new port; WireGuard roams to it: no
             # handshake, the link's round trip (the oracle's direct path roams the same way)
-            new = self._direct_result(peer, peer.reflexive)
             self._later(at + peer.rtt_ms, "handshake", (peer.key, new, peer.plane_token, True))
-        self._oracle_choose(peer, at, roam_ms=peer.rtt_ms if roams else None)
+        self._oracle_choose(peer, at, roam_ms=peer.rtt_ms if new is not None else None)
 
     def _on_sleep(self, at: int, payload: tuple[str, str | None]) -> None:
         peer = self.peers[payload[0]]
